@@ -1,0 +1,108 @@
+//! savepointd: the savepoint coordinator server.
+//!
+//! Reads its settings from flags or the environment, binds the listener, and runs
+//! [`savepoint_coordinator::server::run`] until SIGINT or SIGTERM, then drains gracefully.
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use savepoint_coordinator::server::{self, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Coordinates checkpoints and savepoints of stream-processing jobs over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to serve gRPC on (SavepointService, TaskGateway, health, reflection).
+    /// Use port 0 to let the system pick a free port; the bound address is logged.
+    #[arg(long, env = "SAVEPOINTD_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+
+    /// Directory of the filesystem store: checkpoint ID counters, job registrations and
+    /// checkpoint metadata. Created if missing; keep it across restarts so that jobs,
+    /// IDs and retained checkpoints survive.
+    #[arg(long, env = "SAVEPOINTD_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+
+    /// Directory where savepoints go when neither the request nor the job names a
+    /// target directory. Defaults to <data-dir>/savepoints.
+    #[arg(long, env = "SAVEPOINTD_SAVEPOINT_DIR")]
+    savepoint_dir: Option<PathBuf>,
+
+    /// Log format: text for people, json for log collectors. The level is set with
+    /// RUST_LOG (default "info"), e.g. RUST_LOG=savepoint_coordinator=debug.
+    #[arg(long, env = "SAVEPOINTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Largest total of inline state bytes one acknowledgement may carry; tasks must
+    /// send larger state as a reference (URI and size). Messages are limited to 16 MiB
+    /// in any case.
+    #[arg(
+        long,
+        env = "SAVEPOINTD_MAX_INLINE_STATE_BYTES",
+        default_value_t = 4 * 1024 * 1024
+    )]
+    max_inline_state_bytes: usize,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (Kubernetes, systemd).
+async fn shutdown_signal(
+    mut interrupt: tokio::signal::unix::Signal,
+    mut terminate: tokio::signal::unix::Signal,
+) {
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+
+    let config = ServerConfig {
+        data_dir: args.data_dir,
+        default_savepoint_dir: args.savepoint_dir,
+        max_inline_state_bytes: args.max_inline_state_bytes,
+        ..ServerConfig::default()
+    };
+    config.validate().context("invalid configuration")?;
+    // Installed before serving so that an early signal is not lost.
+    let interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "savepointd listening");
+
+    server::run(config, listener, shutdown_signal(interrupt, terminate))
+        .await
+        .context("savepointd failed")?;
+    tracing::info!("savepointd stopped");
+    Ok(())
+}

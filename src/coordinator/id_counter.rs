@@ -1,0 +1,58 @@
+//! The checkpoint ID counter shared by a job's checkpoint and savepoint coordinators.
+//!
+//! IDs come from blocks reserved durably in the store, so handing one out is usually a
+//! memory operation; a crash loses the rest of a block (a gap), never reuses an ID.
+
+use super::model::{CheckpointId, JobId};
+use crate::store::{IdCounterStore, StoreResult};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Per-job ID source over a durable [`IdCounterStore`].
+pub struct SharedIdCounter {
+    job: JobId,
+    store: Arc<dyn IdCounterStore>,
+    block_size: u64,
+    /// Reserved but unused IDs: `next..end`.
+    block: Mutex<(u64, u64)>,
+}
+
+impl SharedIdCounter {
+    pub fn new(job: JobId, store: Arc<dyn IdCounterStore>, block_size: u64) -> Self {
+        SharedIdCounter {
+            job,
+            store,
+            block_size: block_size.max(1),
+            block: Mutex::new((0, 0)),
+        }
+    }
+
+    /// The next ID: strictly greater than every ID handed out before for this job.
+    pub async fn next(&self) -> StoreResult<CheckpointId> {
+        let mut block = self.block.lock().await;
+        if block.0 >= block.1 {
+            let first = self.store.reserve(&self.job, self.block_size).await?.0;
+            *block = (first, first + self.block_size);
+        }
+        let id = block.0;
+        block.0 += 1;
+        Ok(CheckpointId(id))
+    }
+
+    /// Makes every later ID greater than `id` (restore of snapshot `id`).
+    pub async fn advance_past(&self, id: CheckpointId) -> StoreResult<()> {
+        let mut block = self.block.lock().await;
+        self.store.advance_past(&self.job, id).await?;
+        if block.0 <= id.0 {
+            // The rest of the block is at or below the restored id: drop it.
+            *block = (0, 0);
+        }
+        Ok(())
+    }
+
+    /// The ID the next call to [`next`](Self::next) returns, if it is known without I/O.
+    pub async fn peek(&self) -> Option<CheckpointId> {
+        let block = self.block.lock().await;
+        (block.0 < block.1).then_some(CheckpointId(block.0))
+    }
+}

@@ -1,0 +1,1091 @@
+//! The coordinator core: decides what happens to every job's checkpoints and savepoints.
+//!
+//! Per job there are two coordinator instances (periodic checkpoints and savepoints) that
+//! share one checkpoint ID counter and one stats tracker, so a savepoint never queues
+//! behind or gets subsumed by a checkpoint, while task managers still see ascending IDs.
+//!
+//! Concurrency: each job's state sits behind one `std::sync::Mutex` that is only held to
+//! decide ([`job::JobState`] methods); I/O (stores) and sending (gateway) happen after it
+//! is released, from the returned [`job::Effects`]. Completion of a fully acknowledged
+//! snapshot (the durable write) runs as its own task, so acknowledgements never wait on I/O.
+
+pub mod clock;
+pub mod error;
+pub mod gateway;
+pub mod id_counter;
+pub mod job;
+pub mod model;
+pub mod pending;
+pub mod restore;
+pub mod stats;
+pub mod tasks;
+
+pub use error::CoreError;
+pub use pending::{SnapshotResult, SnapshotSuccess};
+
+use crate::store::{JobRecord, StoreError, Stores};
+use clock::Clock;
+use gateway::TaskGateway;
+use id_counter::SharedIdCounter;
+use job::{AckDecision, Completing, Effects, JobState, SchedulerStep};
+use model::{
+    AttemptId, CheckpointId, CompletedSnapshot, FailureReason, JobId, JobSpec, JobStatus,
+    SnapshotFailure, SnapshotKind, StateData, StateHandle, TaskManagerId, TaskState,
+};
+use restore::StateMapping;
+use stats::{JobStats, RestoreStats, SnapshotStats, SnapshotStatus};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+/// Settings of the core that are not per job.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Savepoint target when neither the request nor the job names one.
+    pub default_savepoint_dir: String,
+    /// How many checkpoint IDs are reserved from the store at a time.
+    pub id_block_size: u64,
+    /// How many finished snapshots each job's stats history keeps.
+    pub stats_history: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            default_savepoint_dir: "savepoints".to_string(),
+            id_block_size: 64,
+            stats_history: 20,
+        }
+    }
+}
+
+/// An acknowledgement from one task attempt.
+#[derive(Clone, Debug)]
+pub struct Acknowledgement {
+    pub checkpoint_id: CheckpointId,
+    pub attempt_id: AttemptId,
+    pub handles: Vec<StateHandle>,
+    /// 0 skips the fencing check.
+    pub fencing_token: u64,
+}
+
+/// What the coordinator did with an acknowledgement.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AckOutcome {
+    Recorded,
+    /// It was the last one: the snapshot is being stored.
+    Completing,
+    Duplicate,
+    /// The snapshot is no longer pending; the state was discarded.
+    Late,
+    UnknownCheckpoint,
+    NotAwaited,
+}
+
+/// A task attempt announced by a task manager.
+#[derive(Clone, Debug)]
+pub struct TaskRegistration {
+    pub job_id: String,
+    pub vertex_id: String,
+    pub subtask_index: u32,
+    pub attempt_id: AttemptId,
+    pub state: TaskState,
+}
+
+/// A triggered snapshot; [`wait`](Self::wait) resolves when it completes or fails.
+pub struct SnapshotHandle {
+    pub checkpoint_id: CheckpointId,
+    /// The savepoint's path (known at trigger time); None for checkpoints.
+    pub path: Option<String>,
+    result: oneshot::Receiver<SnapshotResult>,
+}
+
+impl SnapshotHandle {
+    /// Waits for the outcome. Every pending snapshot ends (completion, decline, timeout,
+    /// shutdown), so this never waits forever.
+    pub async fn wait(self) -> SnapshotResult {
+        self.result.await.unwrap_or_else(|_| {
+            Err(SnapshotFailure::new(
+                FailureReason::CoordinatorShutDown,
+                "the coordinator stopped before the snapshot finished",
+            ))
+        })
+    }
+}
+
+/// The outcome of a restore: the assignment of state to every subtask.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    pub checkpoint_id: CheckpointId,
+    pub mapping: StateMapping,
+    /// Every checkpoint ID the job uses from now on is at least this.
+    pub next_checkpoint_id: CheckpointId,
+}
+
+/// One registered job.
+struct Job {
+    id: JobId,
+    spec: Arc<JobSpec>,
+    fencing_token: u64,
+    ids: SharedIdCounter,
+    /// Orders ID allocation with sending, so every task sees ascending trigger IDs.
+    trigger_order: tokio::sync::Mutex<()>,
+    /// Serialises status changes and restores (which persist before they apply).
+    admin: tokio::sync::Mutex<()>,
+    state: Mutex<JobState>,
+    /// Wakes the periodic scheduler when a slot frees or a checkpoint completes.
+    wakeup: Notify,
+}
+
+impl Job {
+    fn lock(&self) -> MutexGuard<'_, JobState> {
+        // A panic while deciding would be a bug; the state is still the best we have.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_fencing(&self, token: u64) -> Result<(), CoreError> {
+        if token != 0 && token != self.fencing_token {
+            return Err(CoreError::StaleFencingToken {
+                job: self.id.clone(),
+                got: token,
+                expected: self.fencing_token,
+            });
+        }
+        Ok(())
+    }
+
+    fn record(&self, status: JobStatus) -> JobRecord {
+        JobRecord {
+            spec: (*self.spec).clone(),
+            status,
+            fencing_token: self.fencing_token,
+        }
+    }
+}
+
+struct TaskManagerEntry {
+    generation: u64,
+    jobs: HashSet<JobId>,
+}
+
+struct Inner {
+    jobs: RwLock<HashMap<JobId, Arc<Job>>>,
+    task_managers: Mutex<HashMap<TaskManagerId, TaskManagerEntry>>,
+    next_generation: AtomicU64,
+    stores: Stores,
+    gateway: Arc<dyn TaskGateway>,
+    clock: Arc<dyn Clock>,
+    config: CoordinatorConfig,
+    shut_down: AtomicBool,
+}
+
+/// Handle to the coordinator core; cheap to clone, shared by every RPC handler.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+impl Coordinator {
+    pub fn new(
+        stores: Stores,
+        gateway: Arc<dyn TaskGateway>,
+        clock: Arc<dyn Clock>,
+        config: CoordinatorConfig,
+    ) -> Coordinator {
+        Coordinator {
+            inner: Arc::new(Inner {
+                jobs: RwLock::new(HashMap::new()),
+                task_managers: Mutex::new(HashMap::new()),
+                next_generation: AtomicU64::new(1),
+                stores,
+                gateway,
+                clock,
+                config,
+                shut_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.inner.config
+    }
+
+    fn job(&self, job_id: &str) -> Result<Arc<Job>, CoreError> {
+        let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+        jobs.get(job_id)
+            .cloned()
+            .ok_or_else(|| CoreError::JobNotFound(job_id.to_string()))
+    }
+
+    fn new_job(&self, spec: JobSpec, status: JobStatus, fencing_token: u64) -> Arc<Job> {
+        let spec = Arc::new(spec);
+        Arc::new(Job {
+            id: spec.job_id.clone(),
+            fencing_token,
+            ids: SharedIdCounter::new(
+                spec.job_id.clone(),
+                self.inner.stores.ids.clone(),
+                self.inner.config.id_block_size,
+            ),
+            trigger_order: tokio::sync::Mutex::new(()),
+            admin: tokio::sync::Mutex::new(()),
+            state: Mutex::new(JobState::new(
+                spec.clone(),
+                fencing_token,
+                status,
+                self.inner.config.stats_history,
+            )),
+            wakeup: Notify::new(),
+            spec,
+        })
+    }
+
+    /// Loads the jobs persisted by an earlier run: registrations, status, retained
+    /// checkpoints and the latest savepoint. Returns how many jobs came back.
+    pub async fn recover(&self) -> Result<usize, CoreError> {
+        let records = self.inner.stores.jobs.load_all().await?;
+        let count = records.len();
+        for record in records {
+            let job = self.new_job(record.spec, record.status, record.fencing_token);
+            let checkpoints = self.inner.stores.checkpoints.load_all(&job.id).await;
+            let savepoints = self.inner.stores.savepoints.list(&job.id).await;
+            let mut effects = Effects::default();
+            {
+                let mut state = job.lock();
+                match checkpoints {
+                    Ok(checkpoints) => {
+                        for snapshot in checkpoints {
+                            state.max_issued_id = state.max_issued_id.max(snapshot.checkpoint_id);
+                            state.stats.recover_latest(recovered_stats(&snapshot, None));
+                            state.retain(Arc::new(snapshot), &mut effects);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(job_id = %job.id, "retained checkpoints unreadable: {error}");
+                        state.checkpoint_store_error = Some(error.to_string());
+                    }
+                }
+                match savepoints {
+                    Ok(savepoints) => {
+                        if let Some(latest) = savepoints.last() {
+                            state.max_issued_id = state.max_issued_id.max(latest.checkpoint_id);
+                            state.stats.recover_latest(SnapshotStats {
+                                checkpoint_id: latest.checkpoint_id,
+                                kind: SnapshotKind::Savepoint,
+                                status: SnapshotStatus::Completed,
+                                trigger_timestamp_ms: latest.trigger_timestamp_ms,
+                                latest_ack_timestamp_ms: latest.completion_timestamp_ms,
+                                completion_timestamp_ms: latest.completion_timestamp_ms,
+                                acknowledged_subtasks: 0,
+                                total_subtasks: 0,
+                                state_size_bytes: latest.state_size_bytes,
+                                duration_ms: latest
+                                    .completion_timestamp_ms
+                                    .saturating_sub(latest.trigger_timestamp_ms),
+                                failure: None,
+                                path: Some(latest.path.clone()),
+                                subtasks: Vec::new(),
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(job_id = %job.id, "savepoint index unreadable: {error}");
+                    }
+                }
+                if state.status == JobStatus::Running {
+                    self.start_scheduler(&job, &mut state);
+                }
+            }
+            tracing::info!(job_id = %job.id, status = ?record.status, "job recovered");
+            self.inner
+                .jobs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(job.id.clone(), job.clone());
+            self.carry_out(&job, effects);
+        }
+        Ok(count)
+    }
+
+    /// Registers a job; returns its fencing token.
+    pub async fn register_job(&self, spec: JobSpec) -> Result<u64, CoreError> {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Err(CoreError::ShutDown);
+        }
+        let spec = spec.validate().map_err(CoreError::InvalidArgument)?;
+        let savepoint_dir = spec
+            .savepoint_dir
+            .clone()
+            .unwrap_or_else(|| self.inner.config.default_savepoint_dir.clone());
+        self.inner
+            .stores
+            .savepoints
+            .savepoint_path(&savepoint_dir, &spec.job_id, CheckpointId(1))
+            .map_err(|e| CoreError::InvalidArgument(format!("savepoint_dir: {e}")))?;
+        let fencing_token = random_token();
+        let job = self.new_job(spec, JobStatus::Created, fencing_token);
+        {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            if jobs.contains_key(&job.id) {
+                return Err(CoreError::JobAlreadyExists(job.id.clone()));
+            }
+            jobs.insert(job.id.clone(), job.clone());
+        }
+        if let Err(error) = self
+            .inner
+            .stores
+            .jobs
+            .save(&job.record(JobStatus::Created))
+            .await
+        {
+            self.inner
+                .jobs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&job.id);
+            return Err(error.into());
+        }
+        tracing::info!(job_id = %job.id, subtasks = job.spec.subtask_count(), "job registered");
+        Ok(fencing_token)
+    }
+
+    /// Removes a job: pending snapshots fail with "coordinator shut down", its retained
+    /// checkpoints are deleted; completed savepoints (user-owned) and its ID counter stay,
+    /// so a job registered again under the same id never reuses a savepoint path.
+    pub async fn unregister_job(&self, job_id: &str) -> Result<(), CoreError> {
+        let job = {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            jobs.remove(job_id)
+                .ok_or_else(|| CoreError::JobNotFound(job_id.to_string()))?
+        };
+        let _admin = job.admin.lock().await;
+        self.shut_down_job(&job, "job was unregistered");
+        self.inner.stores.jobs.remove(&job.id).await?;
+        self.inner.stores.checkpoints.remove_all(&job.id).await?;
+        tracing::info!(job_id = %job.id, "job unregistered");
+        Ok(())
+    }
+
+    fn shut_down_job(&self, job: &Arc<Job>, why: &str) {
+        let mut effects = Effects::default();
+        {
+            let mut state = job.lock();
+            state.shut_down = true;
+            stop_scheduler(&mut state);
+            let failure = SnapshotFailure::new(
+                FailureReason::CoordinatorShutDown,
+                format!("coordinator shut down: {why}"),
+            );
+            state.abort_all(None, &failure, self.inner.clock.now_ms(), &mut effects);
+        }
+        self.carry_out(job, effects);
+    }
+
+    /// Stops every job's coordinator: all pending results fail, completed savepoints stay.
+    pub fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::Release);
+        let jobs: Vec<Arc<Job>> = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for job in jobs {
+            self.shut_down_job(&job, "the server is shutting down");
+        }
+    }
+
+    /// Applies a job status change: RUNNING starts the periodic scheduler; leaving
+    /// RUNNING stops it and fails every pending snapshot with JOB_NOT_RUNNING.
+    pub async fn update_job_status(
+        &self,
+        job_id: &str,
+        status: JobStatus,
+    ) -> Result<(), CoreError> {
+        let job = self.job(job_id)?;
+        let _admin = job.admin.lock().await;
+        self.inner.stores.jobs.save(&job.record(status)).await?;
+        let mut effects = Effects::default();
+        {
+            let mut state = job.lock();
+            let previous = state.status;
+            state.status = status;
+            if status == JobStatus::Running && previous != JobStatus::Running {
+                state.consecutive_failures = 0;
+                state.failing = false;
+                self.start_scheduler(&job, &mut state);
+            } else if status != JobStatus::Running && previous == JobStatus::Running {
+                stop_scheduler(&mut state);
+                let failure = SnapshotFailure::new(
+                    FailureReason::JobNotRunning,
+                    format!("job {} left RUNNING (now {status:?})", job.id),
+                );
+                state.abort_all(None, &failure, self.inner.clock.now_ms(), &mut effects);
+            }
+            tracing::info!(job_id = %job.id, from = ?previous, to = ?status, "job status changed");
+        }
+        self.carry_out(&job, effects);
+        Ok(())
+    }
+
+    /// Triggers a savepoint into `target_dir` (else the job's or the server's default).
+    /// Bypasses the periodic policy; refused at once if the job cannot take it.
+    pub async fn trigger_savepoint(
+        &self,
+        job_id: &str,
+        target_dir: Option<String>,
+    ) -> Result<SnapshotHandle, CoreError> {
+        let job = self.job(job_id)?;
+        let target = target_dir
+            .filter(|d| !d.trim().is_empty())
+            .or_else(|| job.spec.savepoint_dir.clone())
+            .unwrap_or_else(|| self.inner.config.default_savepoint_dir.clone());
+        self.trigger(&job, SnapshotKind::Savepoint, false, Some(target))
+            .await
+    }
+
+    /// Triggers a checkpoint now, outside the periodic schedule and its limits.
+    pub async fn trigger_checkpoint(&self, job_id: &str) -> Result<SnapshotHandle, CoreError> {
+        let job = self.job(job_id)?;
+        self.trigger(&job, SnapshotKind::Checkpoint, false, None)
+            .await
+    }
+
+    async fn trigger(
+        &self,
+        job: &Arc<Job>,
+        kind: SnapshotKind,
+        periodic: bool,
+        target_dir: Option<String>,
+    ) -> Result<SnapshotHandle, CoreError> {
+        let refused = |failure: SnapshotFailure| CoreError::TriggerRefused {
+            job: job.id.clone(),
+            kind,
+            failure,
+        };
+        if let Some(target) = &target_dir {
+            // Validate the target before an ID is spent on it.
+            self.inner
+                .stores
+                .savepoints
+                .savepoint_path(target, &job.id, CheckpointId(1))
+                .map_err(|e| CoreError::InvalidArgument(format!("target_directory: {e}")))?;
+        }
+        let _order = job.trigger_order.lock().await;
+        job.lock()
+            .check_trigger(periodic, Instant::now())
+            .map_err(refused)?;
+        let id = job.ids.next().await.map_err(|e| {
+            refused(SnapshotFailure::new(
+                FailureReason::StoreIo,
+                format!("could not reserve a checkpoint id: {e}"),
+            ))
+        })?;
+        let location = match &target_dir {
+            None => self
+                .inner
+                .stores
+                .owned_state
+                .checkpoint_location(&job.id, id),
+            Some(target) => self
+                .inner
+                .stores
+                .savepoints
+                .savepoint_path(target, &job.id, id)
+                .map_err(|e| CoreError::InvalidArgument(format!("target_directory: {e}")))?,
+        };
+        let path = target_dir.as_ref().map(|_| location.clone());
+        let (sender, receiver) = oneshot::channel();
+        let messages = {
+            let mut state = job.lock();
+            // The state may have changed while the ID was being reserved.
+            state
+                .check_trigger(periodic, Instant::now())
+                .map_err(refused)?;
+            let now_ms = self.inner.clock.now_ms();
+            let timeout = state.spec.policy.timeout;
+            let (pending, messages) = state.start_pending(
+                id,
+                kind,
+                periodic,
+                now_ms,
+                location,
+                target_dir,
+                Some(sender),
+            );
+            let coordinator = self.clone();
+            let expiring = job.clone();
+            pending.timeout = Some(
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    coordinator.expire(&expiring, id);
+                })
+                .abort_handle(),
+            );
+            messages
+        };
+        tracing::debug!(job_id = %job.id, checkpoint_id = %id, %kind, periodic, "snapshot triggered");
+        for (tm, message) in messages {
+            self.inner.gateway.send(&tm, message);
+        }
+        Ok(SnapshotHandle {
+            checkpoint_id: id,
+            path,
+            result: receiver,
+        })
+    }
+
+    fn expire(&self, job: &Arc<Job>, id: CheckpointId) {
+        let mut effects = Effects::default();
+        {
+            let mut state = job.lock();
+            let progress = state
+                .checkpoints
+                .pending
+                .get(&id)
+                .or_else(|| state.savepoints.pending.get(&id))
+                .map(|p| (p.kind, p.acknowledged_count(), p.awaited.len()));
+            let Some((kind, acknowledged, total)) = progress else {
+                return;
+            };
+            let failure = SnapshotFailure::new(
+                FailureReason::Expired,
+                format!(
+                    "{kind} {id} expired after {} ms: {acknowledged} of {total} tasks acknowledged",
+                    state.spec.policy.timeout.as_millis()
+                ),
+            );
+            state.abort(id, failure, self.inner.clock.now_ms(), &mut effects);
+        }
+        self.carry_out(job, effects);
+    }
+
+    /// Takes an acknowledgement. Never waits on I/O: a completing snapshot is stored by
+    /// its own task.
+    pub fn acknowledge(&self, job_id: &str, ack: Acknowledgement) -> Result<AckOutcome, CoreError> {
+        let job = self.job(job_id)?;
+        job.check_fencing(ack.fencing_token)?;
+        let now_ms = self.inner.clock.now_ms();
+        let decision =
+            job.lock()
+                .acknowledge(ack.checkpoint_id, ack.attempt_id, ack.handles, now_ms);
+        Ok(match decision {
+            AckDecision::Recorded => AckOutcome::Recorded,
+            AckDecision::Duplicate => AckOutcome::Duplicate,
+            AckDecision::UnknownCheckpoint => AckOutcome::UnknownCheckpoint,
+            AckDecision::Discard {
+                late,
+                location,
+                handles,
+            } => {
+                if let Some(location) = location {
+                    self.discard_later(location, handles);
+                }
+                if late {
+                    AckOutcome::Late
+                } else {
+                    AckOutcome::NotAwaited
+                }
+            }
+            AckDecision::Complete(completing) => {
+                let coordinator = self.clone();
+                tokio::spawn(async move { coordinator.complete(job, *completing).await });
+                AckOutcome::Completing
+            }
+        })
+    }
+
+    /// Stores a fully acknowledged snapshot (no lock held), then records the outcome.
+    async fn complete(&self, job: Arc<Job>, completing: Completing) {
+        let Completing { pending, snapshot } = completing;
+        let stored = match &pending.target_dir {
+            None => self
+                .inner
+                .stores
+                .checkpoints
+                .add(&snapshot)
+                .await
+                .map(|()| None),
+            Some(target) => self
+                .inner
+                .stores
+                .savepoints
+                .write(target, &snapshot)
+                .await
+                .map(Some),
+        };
+        let mut effects = Effects::default();
+        {
+            let mut state = job.lock();
+            let now_ms = self.inner.clock.now_ms();
+            match stored {
+                Ok(path) => state.complete(
+                    pending,
+                    Arc::new(snapshot),
+                    path,
+                    now_ms,
+                    Instant::now(),
+                    &mut effects,
+                ),
+                Err(error) => {
+                    let failure = SnapshotFailure::new(
+                        FailureReason::StoreIo,
+                        format!(
+                            "storing the metadata of {} {} failed: {error}",
+                            pending.kind, pending.id
+                        ),
+                    );
+                    let handles = snapshot_handles(snapshot);
+                    state.fail(pending, Some(handles), failure, now_ms, &mut effects);
+                }
+            }
+        }
+        self.carry_out(&job, effects);
+    }
+
+    /// Takes a decline: aborts the snapshot with the task's reason. Returns whether a
+    /// pending snapshot was aborted (false for late or unknown declines).
+    pub fn decline(
+        &self,
+        job_id: &str,
+        checkpoint_id: CheckpointId,
+        attempt_id: AttemptId,
+        reason: &str,
+        fencing_token: u64,
+    ) -> Result<bool, CoreError> {
+        let job = self.job(job_id)?;
+        job.check_fencing(fencing_token)?;
+        let mut effects = Effects::default();
+        let aborted = {
+            let mut state = job.lock();
+            let awaited = state
+                .checkpoints
+                .pending
+                .get(&checkpoint_id)
+                .or_else(|| state.savepoints.pending.get(&checkpoint_id))
+                .map(|p| p.awaits(attempt_id) || p.trigger_attempts.contains(&attempt_id));
+            match awaited {
+                Some(true) => {
+                    let task = state
+                        .tasks
+                        .index_of_attempt(attempt_id)
+                        .map(|i| state.tasks.subtask_ref(i).to_string())
+                        .unwrap_or_else(|| format!("attempt {attempt_id}"));
+                    let failure = SnapshotFailure::new(
+                        FailureReason::Declined,
+                        format!("task {task} declined snapshot {checkpoint_id}: {reason}"),
+                    );
+                    state.abort(
+                        checkpoint_id,
+                        failure,
+                        self.inner.clock.now_ms(),
+                        &mut effects,
+                    )
+                }
+                _ => false,
+            }
+        };
+        self.carry_out(&job, effects);
+        Ok(aborted)
+    }
+
+    /// Starts a task manager session; a reconnect gets a new generation, so the end of
+    /// the old stream does not disturb the new one.
+    pub fn connect_task_manager(&self, tm: &TaskManagerId) -> u64 {
+        let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+        let mut tms = self
+            .inner
+            .task_managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let entry = tms.entry(tm.clone()).or_insert_with(|| TaskManagerEntry {
+            generation,
+            jobs: HashSet::new(),
+        });
+        entry.generation = generation;
+        generation
+    }
+
+    /// Registers (or re-registers after a reconnect) a task attempt hosted by `tm`.
+    pub fn register_task(
+        &self,
+        tm: &TaskManagerId,
+        task: &TaskRegistration,
+    ) -> Result<(), CoreError> {
+        let job = self.job(&task.job_id)?;
+        if task.attempt_id.0 == 0 {
+            return Err(CoreError::InvalidArgument(
+                "attempt_id must not be 0".to_string(),
+            ));
+        }
+        let mut effects = Effects::default();
+        {
+            let mut state = job.lock();
+            let index = state
+                .tasks
+                .index_of(&task.vertex_id, task.subtask_index)
+                .ok_or_else(|| {
+                    CoreError::InvalidArgument(format!(
+                        "job {} has no subtask {}#{}",
+                        job.id, task.vertex_id, task.subtask_index
+                    ))
+                })?;
+            let registered = state
+                .tasks
+                .register(index, task.attempt_id, task.state, tm.clone())
+                .map_err(CoreError::InvalidArgument)?;
+            let now_ms = self.inner.clock.now_ms();
+            if let Some(old) = registered.replaced {
+                let why = format!(
+                    "subtask {}#{} was restarted (attempt {old} replaced by {})",
+                    task.vertex_id, task.subtask_index, task.attempt_id
+                );
+                state.abort_waiting_for(old, &why, now_ms, &mut effects);
+            }
+            if task.state.is_terminal() {
+                let why = format!(
+                    "task {}#{} registered as {:?}",
+                    task.vertex_id, task.subtask_index, task.state
+                );
+                state.abort_waiting_for(task.attempt_id, &why, now_ms, &mut effects);
+            }
+        }
+        if let Some(entry) = self
+            .inner
+            .task_managers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(tm)
+        {
+            entry.jobs.insert(job.id.clone());
+        }
+        self.carry_out(&job, effects);
+        Ok(())
+    }
+
+    /// Applies a state change of a current attempt.
+    pub fn update_task_state(
+        &self,
+        job_id: &str,
+        attempt_id: AttemptId,
+        state: TaskState,
+    ) -> Result<(), CoreError> {
+        let job = self.job(job_id)?;
+        let mut effects = Effects::default();
+        job.lock()
+            .set_task_state(attempt_id, state, self.inner.clock.now_ms(), &mut effects)
+            .map_err(CoreError::NotFound)?;
+        self.carry_out(&job, effects);
+        Ok(())
+    }
+
+    /// The stream of `tm` (session `generation`) ended: its attempts count as lost, and
+    /// the snapshots waiting for them fail.
+    pub fn disconnect_task_manager(&self, tm: &TaskManagerId, generation: u64) {
+        let jobs = {
+            let mut tms = self
+                .inner
+                .task_managers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match tms.get(tm) {
+                Some(entry) if entry.generation == generation => {
+                    tms.remove(tm).map(|e| e.jobs).unwrap_or_default()
+                }
+                _ => return,
+            }
+        };
+        for job_id in jobs {
+            let Ok(job) = self.job(job_id.as_str()) else {
+                continue;
+            };
+            let mut effects = Effects::default();
+            {
+                let mut state = job.lock();
+                let now_ms = self.inner.clock.now_ms();
+                for attempt in state.tasks.lose_task_manager(tm) {
+                    let why = format!("task manager {tm} hosting attempt {attempt} disconnected");
+                    state.abort_waiting_for(attempt, &why, now_ms, &mut effects);
+                }
+            }
+            self.carry_out(&job, effects);
+        }
+        tracing::info!(task_manager = %tm, "task manager disconnected");
+    }
+
+    /// Maps the savepoint at `path` onto the job (all subtasks must be CREATED) and moves
+    /// the job's ID counter above the savepoint's id.
+    pub async fn restore_savepoint(
+        &self,
+        job_id: &str,
+        path: &str,
+        allow_non_restored_state: bool,
+    ) -> Result<Restored, CoreError> {
+        let job = self.job(job_id)?;
+        if path.trim().is_empty() {
+            return Err(CoreError::InvalidArgument("path must not be empty".into()));
+        }
+        let _admin = job.admin.lock().await;
+        let snapshot = self.inner.stores.savepoints.read(path).await?;
+        self.apply_restore(
+            &job,
+            &snapshot,
+            Some(path.to_string()),
+            allow_non_restored_state,
+        )
+        .await
+    }
+
+    /// Maps the latest retained checkpoint onto the job (failover).
+    pub async fn restore_latest_checkpoint(
+        &self,
+        job_id: &str,
+        allow_non_restored_state: bool,
+    ) -> Result<Restored, CoreError> {
+        let job = self.job(job_id)?;
+        let _admin = job.admin.lock().await;
+        let latest = {
+            let state = job.lock();
+            if let Some(error) = &state.checkpoint_store_error {
+                return Err(CoreError::Store(StoreError::Corrupted {
+                    path: format!("retained checkpoints of job {}", job.id),
+                    detail: error.clone(),
+                }));
+            }
+            state.retained.back().cloned()
+        };
+        let latest = latest.ok_or_else(|| {
+            CoreError::NotFound(format!(
+                "job {} has no completed checkpoint to restore",
+                job.id
+            ))
+        })?;
+        self.apply_restore(&job, &latest, None, allow_non_restored_state)
+            .await
+    }
+
+    async fn apply_restore(
+        &self,
+        job: &Arc<Job>,
+        snapshot: &CompletedSnapshot,
+        path: Option<String>,
+        allow_non_restored_state: bool,
+    ) -> Result<Restored, CoreError> {
+        let mapping = {
+            let state = job.lock();
+            state
+                .tasks
+                .all_created()
+                .map_err(CoreError::FailedPrecondition)?;
+            restore::map_snapshot(&state.spec, snapshot, allow_non_restored_state)
+                .map_err(CoreError::FailedPrecondition)?
+        };
+        job.ids.advance_past(snapshot.checkpoint_id).await?;
+        {
+            let mut state = job.lock();
+            state.max_issued_id = state.max_issued_id.max(snapshot.checkpoint_id);
+            state.stats.record_restore(RestoreStats {
+                checkpoint_id: snapshot.checkpoint_id,
+                path,
+                timestamp_ms: self.inner.clock.now_ms(),
+            });
+        }
+        tracing::info!(job_id = %job.id, checkpoint_id = %snapshot.checkpoint_id, "state restored");
+        Ok(Restored {
+            checkpoint_id: snapshot.checkpoint_id,
+            mapping,
+            next_checkpoint_id: CheckpointId(snapshot.checkpoint_id.0 + 1),
+        })
+    }
+
+    /// Statistics of the job's snapshots.
+    pub fn job_stats(&self, job_id: &str) -> Result<JobStats, CoreError> {
+        let job = self.job(job_id)?;
+        let stats = job.lock().job_stats(self.inner.clock.now_ms());
+        Ok(stats)
+    }
+
+    /// Ids of the registered jobs, sorted.
+    pub fn job_ids(&self) -> Vec<JobId> {
+        let mut ids: Vec<JobId> = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Fencing token of a job (echoed by task managers).
+    pub fn fencing_token(&self, job_id: &str) -> Result<u64, CoreError> {
+        Ok(self.job(job_id)?.fencing_token)
+    }
+
+    fn start_scheduler(&self, job: &Arc<Job>, state: &mut JobState) {
+        stop_scheduler(state);
+        if state.spec.policy.interval.is_none() {
+            return;
+        }
+        let generation = state.periodic.generation;
+        let coordinator = self.clone();
+        let scheduled = job.clone();
+        state.periodic.scheduler = Some(
+            tokio::spawn(async move { coordinator.run_scheduler(scheduled, generation).await })
+                .abort_handle(),
+        );
+    }
+
+    /// The periodic checkpoint loop of one job; ends when the job leaves RUNNING.
+    async fn run_scheduler(self, job: Arc<Job>, generation: u64) {
+        loop {
+            let step = {
+                let mut state = job.lock();
+                if state.periodic.generation != generation {
+                    return;
+                }
+                state.next_periodic_step(Instant::now())
+            };
+            match step {
+                SchedulerStep::Stop => return,
+                SchedulerStep::TriggerNow => {
+                    if let Err(error) = self
+                        .trigger(&job, SnapshotKind::Checkpoint, true, None)
+                        .await
+                    {
+                        tracing::debug!(job_id = %job.id, "periodic checkpoint not triggered: {error}");
+                    }
+                }
+                SchedulerStep::SleepUntil(when) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(when) => {}
+                        _ = job.wakeup.notified() => {}
+                    }
+                }
+                SchedulerStep::WaitForSlot => job.wakeup.notified().await,
+            }
+        }
+    }
+
+    /// Carries out decided effects: sends messages and results at once, and leaves
+    /// store deletions to a background task.
+    fn carry_out(&self, job: &Arc<Job>, effects: Effects) {
+        let Effects {
+            messages,
+            results,
+            discards,
+            evicted,
+            wake_scheduler,
+        } = effects;
+        for (tm, message) in messages {
+            self.inner.gateway.send(&tm, message);
+        }
+        for (sender, result) in results {
+            let _ = sender.send(result);
+        }
+        if wake_scheduler {
+            job.wakeup.notify_one();
+        }
+        if evicted.is_empty() && discards.is_empty() {
+            return;
+        }
+        let stores = self.inner.stores.clone();
+        let job_id = job.id.clone();
+        tokio::spawn(async move {
+            for (id, handles) in evicted {
+                if let Err(error) = stores.checkpoints.remove(&job_id, id).await {
+                    tracing::warn!(%job_id, checkpoint_id = %id, "removing a retired checkpoint failed: {error}");
+                }
+                let location = stores.owned_state.checkpoint_location(&job_id, id);
+                discard(&stores, &location, &handles).await;
+            }
+            for (location, handles) in discards {
+                discard(&stores, &location, &handles).await;
+            }
+        });
+    }
+
+    fn discard_later(&self, location: String, handles: Vec<StateHandle>) {
+        let owns_references = handles
+            .iter()
+            .any(|h| matches!(h.data, StateData::Reference { .. }));
+        if !owns_references {
+            return;
+        }
+        let stores = self.inner.stores.clone();
+        tokio::spawn(async move { discard(&stores, &location, &handles).await });
+    }
+}
+
+async fn discard(stores: &Stores, location: &str, handles: &[StateHandle]) {
+    if let Err(error) = stores.owned_state.discard(location, handles).await {
+        tracing::warn!(location, "discarding state failed: {error}");
+    }
+}
+
+fn stop_scheduler(state: &mut JobState) {
+    if let Some(scheduler) = state.periodic.scheduler.take() {
+        scheduler.abort();
+    }
+    state.periodic.generation += 1;
+    state.periodic.next_due = None;
+}
+
+fn snapshot_handles(snapshot: CompletedSnapshot) -> Vec<StateHandle> {
+    snapshot
+        .vertices
+        .into_iter()
+        .flat_map(|v| v.subtasks)
+        .flat_map(|s| s.handles)
+        .collect()
+}
+
+fn recovered_stats(snapshot: &CompletedSnapshot, path: Option<String>) -> SnapshotStats {
+    SnapshotStats {
+        checkpoint_id: snapshot.checkpoint_id,
+        kind: snapshot.kind,
+        status: SnapshotStatus::Completed,
+        trigger_timestamp_ms: snapshot.trigger_timestamp_ms,
+        latest_ack_timestamp_ms: snapshot.completion_timestamp_ms,
+        completion_timestamp_ms: snapshot.completion_timestamp_ms,
+        acknowledged_subtasks: snapshot
+            .vertices
+            .iter()
+            .map(|v| v.subtasks.len() as u32)
+            .sum(),
+        total_subtasks: snapshot
+            .vertices
+            .iter()
+            .map(|v| v.subtasks.len() as u32)
+            .sum(),
+        state_size_bytes: snapshot.state_size_bytes(),
+        duration_ms: snapshot
+            .completion_timestamp_ms
+            .saturating_sub(snapshot.trigger_timestamp_ms),
+        failure: None,
+        path,
+        subtasks: Vec::new(),
+    }
+}
+
+/// A non-zero token that differs between registrations and server runs.
+fn random_token() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish().max(1)
+}
+
+#[cfg(test)]
+mod tests;

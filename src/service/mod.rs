@@ -1,0 +1,17 @@
+//! The gRPC layer: decodes and validates requests, calls the core, maps results and errors.
+//!
+//! Deliberately thin (see STYLE.md): every conversion lives in [`convert`], every status
+//! code is picked in [`error`], and the handlers in [`savepoint_service`] and
+//! [`task_gateway`] do nothing but decode, call one core method and encode.
+//! [`stream_gateway`] is the other direction: the core's task gateway over the task
+//! managers' streams.
+
+pub mod convert;
+pub mod error;
+pub mod savepoint_service;
+pub mod stream_gateway;
+pub mod task_gateway;
+
+pub use savepoint_service::SavepointRpc;
+pub use stream_gateway::StreamRegistry;
+pub use task_gateway::{TaskGatewayLimits, TaskGatewayRpc};

@@ -1,0 +1,733 @@
+//! Local filesystem backend, the embedded default.
+//!
+//! Layout under the data directory:
+//! ```text
+//! jobs/<job>/job.rec                       registration (spec, status, fencing token)
+//! jobs/<job>/ids.rec                       next free checkpoint id
+//! jobs/<job>/checkpoints/chk-<id>.rec      retained completed checkpoints
+//! jobs/<job>/savepoints/sp-<id>.rec        savepoint index (path, times, size)
+//! checkpoints/<job>/chk-<id>/              where tasks write checkpoint state (owned)
+//! ```
+//! Savepoints live outside the data directory, in `<target>/savepoint-<job>-<id>/_metadata`.
+//!
+//! Every record is written atomically: a temp file in the same directory, fsync, rename
+//! (or hard link when overwriting must be refused), fsync of the directory. Records carry
+//! the versioned, checksummed envelope of [`codec`](super::codec). Blocking file I/O runs
+//! on tokio's blocking pool so it never stalls the coordinator's tasks.
+
+use super::codec::{self, RecordKind};
+use super::{
+    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, OwnedStateStore,
+    SavepointRecord, SavepointStore, StoreError, StoreResult, savepoint_dir_name,
+};
+use crate::coordinator::model::{CheckpointId, CompletedSnapshot, JobId, StateData, StateHandle};
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The name of a savepoint's metadata file inside its directory (as in Flink).
+pub const METADATA_FILE: &str = "_metadata";
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct FsStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    /// Serializes read-modify-write of ID counters within this process.
+    ids_lock: Mutex<()>,
+    temp_counter: AtomicU64,
+}
+
+impl FsStore {
+    /// Opens (creating it if needed) the data directory `root`.
+    pub fn open(root: PathBuf) -> StoreResult<FsStore> {
+        fs::create_dir_all(&root).map_err(|e| StoreError::io("creating", root.display(), e))?;
+        let root =
+            fs::canonicalize(&root).map_err(|e| StoreError::io("resolving", root.display(), e))?;
+        for dir in ["jobs", "checkpoints"] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).map_err(|e| StoreError::io("creating", path.display(), e))?;
+        }
+        Ok(FsStore {
+            inner: Arc::new(Inner {
+                root,
+                ids_lock: Mutex::new(()),
+                temp_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The data directory (absolute).
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Runs blocking file I/O on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store worker failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn job_dir(&self, job: &JobId) -> PathBuf {
+        self.root.join("jobs").join(job.as_str())
+    }
+
+    fn checkpoint_record(&self, job: &JobId, id: CheckpointId) -> PathBuf {
+        self.job_dir(job)
+            .join("checkpoints")
+            .join(format!("chk-{:020}.rec", id.0))
+    }
+
+    fn savepoint_record(&self, job: &JobId, id: CheckpointId) -> PathBuf {
+        self.job_dir(job)
+            .join("savepoints")
+            .join(format!("sp-{:020}.rec", id.0))
+    }
+
+    fn checkpoint_dir(&self, job: &JobId, id: CheckpointId) -> PathBuf {
+        self.root
+            .join("checkpoints")
+            .join(job.as_str())
+            .join(format!("chk-{}", id.0))
+    }
+
+    fn temp_path(&self, target: &Path) -> PathBuf {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        target.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+    }
+
+    /// Writes `bytes` to `target` atomically and durably, replacing an older version.
+    fn write_atomic(&self, target: &Path, bytes: &[u8]) -> StoreResult<()> {
+        let temp = self.write_temp(target, bytes)?;
+        fs::rename(&temp, target).map_err(|e| {
+            let _ = fs::remove_file(&temp);
+            StoreError::io("renaming into", target.display(), e)
+        })?;
+        sync_parent(target)
+    }
+
+    /// Like [`Self::write_atomic`] but fails if `target` already exists.
+    fn create_atomic(&self, target: &Path, bytes: &[u8]) -> StoreResult<()> {
+        let temp = self.write_temp(target, bytes)?;
+        let linked = fs::hard_link(&temp, target);
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => sync_parent(target),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(StoreError::InvalidLocation {
+                location: target.display().to_string(),
+                detail: "already exists; refusing to overwrite it".to_string(),
+            }),
+            Err(e) => Err(StoreError::io("publishing", target.display(), e)),
+        }
+    }
+
+    fn write_temp(&self, target: &Path, bytes: &[u8]) -> StoreResult<PathBuf> {
+        let dir = target.parent().expect("records live in a directory");
+        fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
+        let temp = self.temp_path(target);
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&temp);
+            return Err(StoreError::io("writing", temp.display(), e));
+        }
+        Ok(temp)
+    }
+}
+
+/// Fsyncs the directory holding `path`, so a rename or link in it is durable.
+fn sync_parent(path: &Path) -> StoreResult<()> {
+    let dir = path.parent().expect("records live in a directory");
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("syncing directory", dir.display(), e))
+}
+
+/// Reads and decodes a record; None if the file does not exist.
+fn read_record<T: DeserializeOwned>(kind: RecordKind, path: &Path) -> StoreResult<Option<T>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("reading", path.display(), e)),
+    };
+    codec::decode(kind, &bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupted {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+}
+
+fn write_record<T: Serialize>(
+    inner: &Inner,
+    kind: RecordKind,
+    path: &Path,
+    value: &T,
+) -> StoreResult<()> {
+    inner.write_atomic(path, &codec::encode(kind, value))
+}
+
+fn remove_file_if_exists(path: &Path) -> StoreResult<()> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_parent(path),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("removing", path.display(), e)),
+    }
+}
+
+/// Record files in `dir` named `<prefix><digits>.rec`, ascending (the ids are zero padded).
+/// Temp files and anything else are skipped.
+fn record_files(dir: &Path, prefix: &str) -> StoreResult<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io("listing", dir.display(), e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("listing", dir.display(), e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_record = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(".rec"))
+            .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
+        if is_record {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A directory argument as an absolute, normalized path without `..`.
+fn absolute_dir(location: &str) -> StoreResult<PathBuf> {
+    let invalid = |detail: &str| StoreError::InvalidLocation {
+        location: location.to_string(),
+        detail: detail.to_string(),
+    };
+    let raw = location.strip_prefix("file://").unwrap_or(location);
+    if raw.trim().is_empty() {
+        return Err(invalid("the directory is empty"));
+    }
+    let path = Path::new(raw);
+    if !path.is_absolute() {
+        return Err(invalid("must be an absolute path"));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(invalid("must not contain '..'"));
+    }
+    Ok(path.components().collect())
+}
+
+#[async_trait]
+impl IdCounterStore for FsStore {
+    async fn reserve(&self, job: &JobId, count: u64) -> StoreResult<CheckpointId> {
+        let job = job.clone();
+        self.blocking(move |inner| {
+            let _guard = inner.ids_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let path = inner.job_dir(&job).join("ids.rec");
+            let next: u64 = read_record(RecordKind::IdCounter, &path)?.unwrap_or(1);
+            write_record(inner, RecordKind::IdCounter, &path, &(next + count))?;
+            Ok(CheckpointId(next))
+        })
+        .await
+    }
+
+    async fn advance_past(&self, job: &JobId, id: CheckpointId) -> StoreResult<()> {
+        let job = job.clone();
+        self.blocking(move |inner| {
+            let _guard = inner.ids_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let path = inner.job_dir(&job).join("ids.rec");
+            let next: u64 = read_record(RecordKind::IdCounter, &path)?.unwrap_or(1);
+            if next <= id.0 {
+                write_record(inner, RecordKind::IdCounter, &path, &(id.0 + 1))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, job: &JobId) -> StoreResult<()> {
+        let job = job.clone();
+        self.blocking(move |inner| {
+            let _guard = inner.ids_lock.lock().unwrap_or_else(|e| e.into_inner());
+            remove_file_if_exists(&inner.job_dir(&job).join("ids.rec"))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl JobStore for FsStore {
+    async fn save(&self, record: &JobRecord) -> StoreResult<()> {
+        let record = record.clone();
+        self.blocking(move |inner| {
+            let path = inner.job_dir(&record.spec.job_id).join("job.rec");
+            write_record(inner, RecordKind::Job, &path, &record)
+        })
+        .await
+    }
+
+    async fn remove(&self, job: &JobId) -> StoreResult<()> {
+        let job = job.clone();
+        self.blocking(move |inner| remove_file_if_exists(&inner.job_dir(&job).join("job.rec")))
+            .await
+    }
+
+    async fn load_all(&self) -> StoreResult<Vec<JobRecord>> {
+        self.blocking(|inner| {
+            let jobs_dir = inner.root.join("jobs");
+            let entries = fs::read_dir(&jobs_dir)
+                .map_err(|e| StoreError::io("listing", jobs_dir.display(), e))?;
+            let mut records = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| StoreError::io("listing", jobs_dir.display(), e))?;
+                let path = entry.path().join("job.rec");
+                if let Some(record) = read_record::<JobRecord>(RecordKind::Job, &path)? {
+                    if record.spec.job_id.as_str() != entry.file_name().to_string_lossy() {
+                        return Err(StoreError::Corrupted {
+                            path: path.display().to_string(),
+                            detail: format!(
+                                "holds job {} but lies in the directory of another job",
+                                record.spec.job_id
+                            ),
+                        });
+                    }
+                    records.push(record);
+                }
+            }
+            records.sort_by(|a, b| a.spec.job_id.cmp(&b.spec.job_id));
+            Ok(records)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl CompletedCheckpointStore for FsStore {
+    async fn add(&self, snapshot: &CompletedSnapshot) -> StoreResult<()> {
+        let snapshot = snapshot.clone();
+        self.blocking(move |inner| {
+            let path = inner.checkpoint_record(&snapshot.job_id, snapshot.checkpoint_id);
+            write_record(inner, RecordKind::Checkpoint, &path, &snapshot)
+        })
+        .await
+    }
+
+    async fn remove(&self, job: &JobId, id: CheckpointId) -> StoreResult<()> {
+        let job = job.clone();
+        self.blocking(move |inner| remove_file_if_exists(&inner.checkpoint_record(&job, id)))
+            .await
+    }
+
+    async fn load_all(&self, job: &JobId) -> StoreResult<Vec<CompletedSnapshot>> {
+        let job = job.clone();
+        self.blocking(move |inner| {
+            let dir = inner.job_dir(&job).join("checkpoints");
+            let mut snapshots = Vec::new();
+            for path in record_files(&dir, "chk-")? {
+                let snapshot: CompletedSnapshot = read_record(RecordKind::Checkpoint, &path)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: format!("checkpoint record {}", path.display()),
+                    })?;
+                if snapshot.job_id != job {
+                    return Err(StoreError::Corrupted {
+                        path: path.display().to_string(),
+                        detail: format!("holds a checkpoint of job {}", snapshot.job_id),
+                    });
+                }
+                snapshots.push(snapshot);
+            }
+            Ok(snapshots)
+        })
+        .await
+    }
+
+    async fn remove_all(&self, job: &JobId) -> StoreResult<()> {
+        let job = job.clone();
+        self.blocking(move |inner| {
+            let dir = inner.job_dir(&job).join("checkpoints");
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => sync_parent(&dir),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::io("removing", dir.display(), e)),
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SavepointStore for FsStore {
+    fn savepoint_path(
+        &self,
+        target_dir: &str,
+        job: &JobId,
+        id: CheckpointId,
+    ) -> StoreResult<String> {
+        let target = absolute_dir(target_dir)?;
+        Ok(target
+            .join(savepoint_dir_name(job, id))
+            .to_string_lossy()
+            .into_owned())
+    }
+
+    async fn write(&self, target_dir: &str, snapshot: &CompletedSnapshot) -> StoreResult<String> {
+        let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
+        let snapshot = snapshot.clone();
+        self.blocking(move |inner| {
+            let dir = PathBuf::from(&path);
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
+            if let Some(parent) = dir.parent() {
+                // The savepoint directory itself must survive a crash, not just its content.
+                sync_parent(&dir).or_else(|_| sync_parent(parent))?;
+            }
+            let metadata = dir.join(METADATA_FILE);
+            inner.create_atomic(&metadata, &codec::encode(RecordKind::Savepoint, &snapshot))?;
+            let record = SavepointRecord {
+                job_id: snapshot.job_id.clone(),
+                checkpoint_id: snapshot.checkpoint_id,
+                path: path.clone(),
+                trigger_timestamp_ms: snapshot.trigger_timestamp_ms,
+                completion_timestamp_ms: snapshot.completion_timestamp_ms,
+                state_size_bytes: snapshot.state_size_bytes(),
+            };
+            let index = inner.savepoint_record(&snapshot.job_id, snapshot.checkpoint_id);
+            write_record(inner, RecordKind::Savepoint, &index, &record)?;
+            Ok(path)
+        })
+        .await
+    }
+
+    async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
+        let mut location = absolute_dir(path)?;
+        if location.file_name().is_some_and(|n| n == METADATA_FILE) {
+            location.pop();
+        }
+        self.blocking(move |_| {
+            let metadata = location.join(METADATA_FILE);
+            read_record(RecordKind::Savepoint, &metadata)?.ok_or_else(|| StoreError::NotFound {
+                what: format!("savepoint metadata {}", metadata.display()),
+            })
+        })
+        .await
+    }
+
+    async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>> {
+        let job = job.clone();
+        self.blocking(move |inner| {
+            let dir = inner.job_dir(&job).join("savepoints");
+            let mut records = Vec::new();
+            for path in record_files(&dir, "sp-")? {
+                // The index entry is written after the metadata, so it only names
+                // savepoints that were complete.
+                if let Some(record) = read_record::<SavepointRecord>(RecordKind::Savepoint, &path)?
+                {
+                    records.push(record);
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl OwnedStateStore for FsStore {
+    fn checkpoint_location(&self, job: &JobId, id: CheckpointId) -> String {
+        self.inner
+            .checkpoint_dir(job, id)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    async fn discard(&self, location: &str, handles: &[StateHandle]) -> StoreResult<u64> {
+        let location = absolute_dir(location)?;
+        let files: Vec<PathBuf> = handles
+            .iter()
+            .filter_map(|h| match &h.data {
+                StateData::Reference { uri, .. } => absolute_dir(uri).ok(),
+                StateData::Inline(_) => None,
+            })
+            .filter(|file| file.starts_with(&location) && file != &location)
+            .collect();
+        self.blocking(move |_| {
+            if location.join(METADATA_FILE).exists() {
+                // A completed savepoint: its data is never the coordinator's to delete here.
+                return Ok(0);
+            }
+            let mut deleted = 0;
+            for file in files {
+                match fs::remove_file(&file) {
+                    Ok(()) => deleted += 1,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("deleting", file.display(), e)),
+                }
+            }
+            // Removes the location if nothing else is left in it.
+            let _ = fs::remove_dir(&location);
+            Ok(deleted)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::model::{SnapshotKind, SubtaskState, VertexState};
+    use bytes::Bytes;
+
+    fn job() -> JobId {
+        JobId::new("job-a")
+    }
+
+    fn snapshot(id: u64, kind: SnapshotKind) -> CompletedSnapshot {
+        CompletedSnapshot {
+            job_id: job(),
+            checkpoint_id: CheckpointId(id),
+            kind,
+            trigger_timestamp_ms: 10,
+            completion_timestamp_ms: 25,
+            vertices: vec![VertexState {
+                vertex_id: "src".to_string(),
+                parallelism: 1,
+                max_parallelism: 128,
+                subtasks: vec![SubtaskState {
+                    subtask_index: 0,
+                    handles: vec![StateHandle {
+                        name: "offsets".to_string(),
+                        data: StateData::Inline(Bytes::from_static(b"offset=42")),
+                        key_groups: None,
+                    }],
+                }],
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn ids_are_reserved_in_ascending_blocks_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(store.reserve(&job(), 10).await.unwrap(), CheckpointId(1));
+        assert_eq!(store.reserve(&job(), 10).await.unwrap(), CheckpointId(11));
+        drop(store);
+        let store = FsStore::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(store.reserve(&job(), 1).await.unwrap(), CheckpointId(21));
+        store.advance_past(&job(), CheckpointId(100)).await.unwrap();
+        assert_eq!(store.reserve(&job(), 1).await.unwrap(), CheckpointId(101));
+        store.advance_past(&job(), CheckpointId(5)).await.unwrap();
+        assert_eq!(store.reserve(&job(), 1).await.unwrap(), CheckpointId(102));
+    }
+
+    #[tokio::test]
+    async fn concurrent_reservations_never_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().to_path_buf()).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.reserve(&job(), 3).await.unwrap().0
+            }));
+        }
+        let mut firsts = Vec::new();
+        for task in tasks {
+            firsts.push(task.await.unwrap());
+        }
+        firsts.sort();
+        let expected: Vec<u64> = (0..16).map(|i| 1 + 3 * i).collect();
+        assert_eq!(firsts, expected);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_round_trip_and_a_corrupted_one_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().to_path_buf()).unwrap();
+        for id in [3, 1, 2] {
+            store
+                .add(&snapshot(id, SnapshotKind::Checkpoint))
+                .await
+                .unwrap();
+        }
+        CompletedCheckpointStore::remove(&store, &job(), CheckpointId(2))
+            .await
+            .unwrap();
+        let loaded = CompletedCheckpointStore::load_all(&store, &job())
+            .await
+            .unwrap();
+        assert_eq!(
+            loaded,
+            vec![
+                snapshot(1, SnapshotKind::Checkpoint),
+                snapshot(3, SnapshotKind::Checkpoint)
+            ]
+        );
+
+        let file = store.inner.checkpoint_record(&job(), CheckpointId(3));
+        let mut bytes = fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&file, bytes).unwrap();
+        let error = CompletedCheckpointStore::load_all(&store, &job())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Corrupted { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn savepoint_is_written_once_under_its_directory_and_listed() {
+        let data = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let target_dir = target.path().to_str().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let sp = snapshot(7, SnapshotKind::Savepoint);
+
+        let path = store.write(target_dir, &sp).await.unwrap();
+        assert_eq!(
+            PathBuf::from(&path),
+            target.path().join("savepoint-job-a-7")
+        );
+        assert!(PathBuf::from(&path).join("_metadata").is_file());
+        assert_eq!(store.read(&path).await.unwrap(), sp);
+        assert_eq!(store.read(&format!("{path}/_metadata")).await.unwrap(), sp);
+        let listed = store.list(&job()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].path.as_str(), listed[0].checkpoint_id),
+            (path.as_str(), CheckpointId(7))
+        );
+
+        let again = store.write(target_dir, &sp).await.unwrap_err();
+        assert!(
+            matches!(again, StoreError::InvalidLocation { .. }),
+            "{again}"
+        );
+        let leftovers: Vec<_> = fs::read_dir(&path).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp file is left behind");
+    }
+
+    #[tokio::test]
+    async fn truncated_savepoint_metadata_is_corrupted_not_missing() {
+        let data = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let path = store
+            .write(
+                target.path().to_str().unwrap(),
+                &snapshot(1, SnapshotKind::Savepoint),
+            )
+            .await
+            .unwrap();
+        let metadata = PathBuf::from(&path).join("_metadata");
+        let bytes = fs::read(&metadata).unwrap();
+        fs::write(&metadata, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(
+            store.read(&path).await,
+            Err(StoreError::Corrupted { .. })
+        ));
+        assert!(matches!(
+            store.read(&format!("{path}-nope")).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn relative_or_escaping_savepoint_directories_are_refused() {
+        let data = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        for bad in ["", "relative/dir", "/tmp/../etc"] {
+            assert!(
+                matches!(
+                    store.savepoint_path(bad, &job(), CheckpointId(1)),
+                    Err(StoreError::InvalidLocation { .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn discard_deletes_only_owned_references_and_the_emptied_location() {
+        let data = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let location = store.checkpoint_location(&job(), CheckpointId(4));
+        fs::create_dir_all(&location).unwrap();
+        let owned = format!("{location}/state-1");
+        fs::write(&owned, b"x").unwrap();
+        let outside = data.path().join("elsewhere");
+        fs::write(&outside, b"y").unwrap();
+        let handle = |uri: &str| StateHandle {
+            name: "s".to_string(),
+            data: StateData::Reference {
+                uri: uri.to_string(),
+                size_bytes: 1,
+            },
+            key_groups: None,
+        };
+        let handles = vec![
+            handle(&owned),
+            handle(outside.to_str().unwrap()),
+            handle(&format!("{location}/../../../elsewhere")),
+        ];
+        assert_eq!(store.discard(&location, &handles).await.unwrap(), 1);
+        assert!(!Path::new(&owned).exists());
+        assert!(!Path::new(&location).exists());
+        assert!(outside.exists(), "state outside the location is not ours");
+    }
+
+    #[tokio::test]
+    async fn jobs_are_saved_listed_and_removed() {
+        use crate::coordinator::model::{JobSpec, JobStatus};
+        let data = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let spec = JobSpec {
+            job_id: job(),
+            vertices: vec![crate::coordinator::model::VertexSpec {
+                id: "src".to_string(),
+                parallelism: 2,
+                max_parallelism: 128,
+            }],
+            trigger_vertices: vec!["src".to_string()],
+            wait_for_vertices: vec!["src".to_string()],
+            commit_vertices: vec!["src".to_string()],
+            policy: Default::default(),
+            savepoint_dir: Some("/savepoints".to_string()),
+        };
+        let record = JobRecord {
+            spec,
+            status: JobStatus::Running,
+            fencing_token: 3,
+        };
+        store.save(&record).await.unwrap();
+        assert_eq!(JobStore::load_all(&store).await.unwrap(), vec![record]);
+        JobStore::remove(&store, &job()).await.unwrap();
+        assert!(JobStore::load_all(&store).await.unwrap().is_empty());
+    }
+}

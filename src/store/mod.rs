@@ -1,0 +1,191 @@
+//! Pluggable persistence behind traits: the checkpoint ID counter, job registrations,
+//! completed checkpoints, savepoints, and the state data the coordinator owns.
+//!
+//! The core only sees these traits; `memory` backs unit tests, `fs` (local filesystem) is
+//! the embedded default. Every backend must make a write durable before returning Ok, and
+//! must report unreadable or corrupted metadata as [`StoreError::Corrupted`] (DATA_LOSS),
+//! never as a silently wrong value.
+
+pub mod codec;
+pub mod fs;
+pub mod memory;
+
+use crate::coordinator::model::{
+    CheckpointId, CompletedSnapshot, JobId, JobSpec, JobStatus, SnapshotKind, StateHandle,
+};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O error while {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data exists but is not what was written (bad magic, checksum, truncation...).
+    #[error("corrupted metadata at {path}: {detail}")]
+    Corrupted { path: String, detail: String },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// A location the caller passed is not usable (not a directory, outside the roots...).
+    #[error("invalid location {location:?}: {detail}")]
+    InvalidLocation { location: String, detail: String },
+    /// The backend cannot be reached or refused the operation (used by injected faults too).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    pub fn io(action: &'static str, path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        StoreError::Io {
+            action,
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Durable per-job checkpoint ID counter. IDs are reserved in blocks so the hot path
+/// rarely touches the backend; a block that is never fully used leaves a gap, never a reuse.
+#[async_trait]
+pub trait IdCounterStore: Send + Sync {
+    /// Atomically reserves `count` consecutive IDs and returns the first. Every ID in the
+    /// block is greater than every ID reserved before for this job, also across restarts.
+    /// The first reservation of a job starts at 1.
+    async fn reserve(&self, job: &JobId, count: u64) -> StoreResult<CheckpointId>;
+    /// Makes sure the next reservation starts above `id` (used by restore).
+    async fn advance_past(&self, job: &JobId, id: CheckpointId) -> StoreResult<()>;
+    /// Forgets the job's counter (unregister).
+    async fn remove(&self, job: &JobId) -> StoreResult<()>;
+}
+
+/// A registered job as persisted: its spec and last reported status.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    pub fencing_token: u64,
+}
+
+/// Registered jobs, so that a restarted server knows them again.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates or replaces the record of `record.spec.job_id`.
+    async fn save(&self, record: &JobRecord) -> StoreResult<()>;
+    /// Removes the record; Ok if it did not exist.
+    async fn remove(&self, job: &JobId) -> StoreResult<()>;
+    /// All records, in job id order.
+    async fn load_all(&self) -> StoreResult<Vec<JobRecord>>;
+}
+
+/// Retained completed checkpoints of each job (the failover set).
+#[async_trait]
+pub trait CompletedCheckpointStore: Send + Sync {
+    /// Durably adds a completed checkpoint (metadata only; task state lives where tasks wrote it).
+    async fn add(&self, snapshot: &CompletedSnapshot) -> StoreResult<()>;
+    /// Removes one checkpoint's metadata; Ok if it did not exist.
+    async fn remove(&self, job: &JobId, id: CheckpointId) -> StoreResult<()>;
+    /// All retained checkpoints of the job, ascending by id. Corrupted entries are errors.
+    async fn load_all(&self, job: &JobId) -> StoreResult<Vec<CompletedSnapshot>>;
+    /// Removes every checkpoint of the job (unregister).
+    async fn remove_all(&self, job: &JobId) -> StoreResult<()>;
+}
+
+/// A savepoint as listed in a job's savepoint index.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SavepointRecord {
+    pub job_id: JobId,
+    pub checkpoint_id: CheckpointId,
+    pub path: String,
+    pub trigger_timestamp_ms: u64,
+    pub completion_timestamp_ms: u64,
+    pub state_size_bytes: u64,
+}
+
+/// Savepoints: self-contained directories `<target>/savepoint-<job>-<id>/_metadata`.
+#[async_trait]
+pub trait SavepointStore: Send + Sync {
+    /// The directory a savepoint of `job`/`id` under `target_dir` will have; tasks write
+    /// their own state files inside it. Fails for an unusable target directory.
+    fn savepoint_path(
+        &self,
+        target_dir: &str,
+        job: &JobId,
+        id: CheckpointId,
+    ) -> StoreResult<String>;
+    /// Writes the metadata atomically and durably under the savepoint path, records the
+    /// savepoint in the job's index, and returns the path. Refuses to overwrite.
+    async fn write(&self, target_dir: &str, snapshot: &CompletedSnapshot) -> StoreResult<String>;
+    /// Reads a savepoint's metadata from its path (the directory or its `_metadata` file).
+    async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot>;
+    /// The job's savepoint index, ascending by id.
+    async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>>;
+}
+
+/// State data written by tasks into locations the coordinator handed out (and so owns).
+#[async_trait]
+pub trait OwnedStateStore: Send + Sync {
+    /// Where tasks should write the state of checkpoint `id` of `job`.
+    fn checkpoint_location(&self, job: &JobId, id: CheckpointId) -> String;
+    /// Deletes the referenced data of `handles` that lies under `location` (a location
+    /// this store handed out), and the location itself once empty. Inline handles and
+    /// references elsewhere are left alone. Returns how many references were deleted.
+    async fn discard(&self, location: &str, handles: &[StateHandle]) -> StoreResult<u64>;
+}
+
+/// The set of backends one coordinator uses.
+#[derive(Clone)]
+pub struct Stores {
+    pub ids: Arc<dyn IdCounterStore>,
+    pub jobs: Arc<dyn JobStore>,
+    pub checkpoints: Arc<dyn CompletedCheckpointStore>,
+    pub savepoints: Arc<dyn SavepointStore>,
+    pub owned_state: Arc<dyn OwnedStateStore>,
+}
+
+impl Stores {
+    /// Everything in memory: for unit tests only, nothing survives the process.
+    pub fn memory() -> Stores {
+        let store = Arc::new(memory::MemoryStore::default());
+        Stores {
+            ids: store.clone(),
+            jobs: store.clone(),
+            checkpoints: store.clone(),
+            savepoints: store.clone(),
+            owned_state: store,
+        }
+    }
+
+    /// The embedded default: everything under `data_dir` on the local filesystem.
+    pub fn filesystem(data_dir: impl Into<std::path::PathBuf>) -> StoreResult<Stores> {
+        let store = Arc::new(fs::FsStore::open(data_dir.into())?);
+        Ok(Stores {
+            ids: store.clone(),
+            jobs: store.clone(),
+            checkpoints: store.clone(),
+            savepoints: store.clone(),
+            owned_state: store,
+        })
+    }
+}
+
+/// Name of a savepoint directory, shared by every backend: `savepoint-<job>-<id>`.
+pub fn savepoint_dir_name(job: &JobId, id: CheckpointId) -> String {
+    format!("savepoint-{job}-{id}")
+}
+
+/// The kind tag of a record, written into each encoded file so that a file of one kind
+/// is never decoded as another.
+pub fn snapshot_record_kind(kind: SnapshotKind) -> codec::RecordKind {
+    match kind {
+        SnapshotKind::Checkpoint => codec::RecordKind::Checkpoint,
+        SnapshotKind::Savepoint => codec::RecordKind::Savepoint,
+    }
+}
