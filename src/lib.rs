@@ -4,6 +4,7 @@
 //! Layers, outermost first: [`service`] (gRPC, thin) -> [`coordinator`] (the core, no I/O
 //! under a lock) -> [`store`] (pluggable persistence). [`server::run`] wires them together.
 
+pub mod client;
 pub mod coordinator;
 pub mod server;
 pub mod service;

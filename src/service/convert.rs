@@ -428,8 +428,6 @@ pub fn state_handle_to_proto(handle: StateHandle) -> proto::StateHandle {
 }
 
 /// Encodes a message for one task attempt as the stream message a task manager receives.
-/// The trigger's state location is not on the wire yet (see `TriggerCheckpoint` in
-/// task_gateway.proto), so it is dropped here.
 pub fn task_message_to_proto(message: TaskMessage) -> proto::CoordinatorMessage {
     use proto::coordinator_message::Message;
     let message = match message {
@@ -439,7 +437,7 @@ pub fn task_message_to_proto(message: TaskMessage) -> proto::CoordinatorMessage 
             attempt_id,
             timestamp_ms,
             kind,
-            location: _,
+            location,
             fencing_token,
         } => Message::TriggerCheckpoint(proto::TriggerCheckpoint {
             job_id: job_id.as_str().to_string(),
@@ -448,6 +446,7 @@ pub fn task_message_to_proto(message: TaskMessage) -> proto::CoordinatorMessage 
             timestamp_ms,
             kind: snapshot_kind_to_proto(kind).into(),
             fencing_token,
+            location,
         }),
         TaskMessage::NotifyCheckpointComplete {
             job_id,

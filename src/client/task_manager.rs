@@ -1,0 +1,156 @@
+//! One task manager's bidirectional stream to the coordinator.
+
+use super::ClientError;
+use crate::proto;
+use crate::proto::coordinator_message::Message as FromCoordinator;
+use crate::proto::task_gateway_client::TaskGatewayClient;
+use crate::proto::task_manager_message::Message as ToCoordinator;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+/// Upward messages queued before the stream applies backpressure to the sender.
+const OUTBOUND_BUFFER: usize = 256;
+
+/// A message from the coordinator to this task manager (everything but Welcome).
+pub type Downward = FromCoordinator;
+
+/// An open `Connect` stream. Dropping it closes the stream; the coordinator then treats
+/// the task manager's tasks as lost.
+pub struct TaskManagerSession {
+    task_manager_id: String,
+    outbound: mpsc::Sender<proto::TaskManagerMessage>,
+    inbound: tonic::Streaming<proto::CoordinatorMessage>,
+    accepted_tasks: u32,
+}
+
+impl TaskManagerSession {
+    /// Opens the stream, says Hello with `tasks` and waits for the Welcome.
+    pub async fn connect(
+        channel: Channel,
+        task_manager_id: &str,
+        tasks: Vec<proto::TaskInfo>,
+    ) -> Result<TaskManagerSession, ClientError> {
+        let (outbound, receiver) = mpsc::channel(OUTBOUND_BUFFER);
+        let hello = proto::TaskManagerMessage {
+            message: Some(ToCoordinator::Hello(proto::Hello {
+                task_manager_id: task_manager_id.to_string(),
+                tasks,
+            })),
+        };
+        outbound
+            .send(hello)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let mut inbound = TaskGatewayClient::new(channel)
+            .connect(ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
+        let accepted_tasks = match inbound.message().await? {
+            Some(proto::CoordinatorMessage {
+                message: Some(FromCoordinator::Welcome(welcome)),
+            }) => welcome.accepted_tasks,
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Welcome as the first message, got {other:?}"
+                )));
+            }
+            None => return Err(ClientError::Closed),
+        };
+        Ok(TaskManagerSession {
+            task_manager_id: task_manager_id.to_string(),
+            outbound,
+            inbound,
+            accepted_tasks,
+        })
+    }
+
+    pub fn task_manager_id(&self) -> &str {
+        &self.task_manager_id
+    }
+
+    /// How many of the Hello's tasks the coordinator accepted.
+    pub fn accepted_tasks(&self) -> u32 {
+        self.accepted_tasks
+    }
+
+    /// The next message from the coordinator; None when the server ended the stream.
+    pub async fn next_message(&mut self) -> Result<Option<Downward>, ClientError> {
+        loop {
+            match self.inbound.message().await? {
+                None => return Ok(None),
+                Some(proto::CoordinatorMessage { message: None }) => continue,
+                Some(proto::CoordinatorMessage {
+                    message: Some(message),
+                }) => return Ok(Some(message)),
+            }
+        }
+    }
+
+    /// Sends one upward message; waits while the stream is backed up.
+    pub async fn send(&self, message: ToCoordinator) -> Result<(), ClientError> {
+        self.outbound
+            .send(proto::TaskManagerMessage {
+                message: Some(message),
+            })
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Registers tasks deployed after Hello.
+    pub async fn register_tasks(&self, tasks: Vec<proto::TaskInfo>) -> Result<(), ClientError> {
+        self.send(ToCoordinator::RegisterTasks(proto::RegisterTasks { tasks }))
+            .await
+    }
+
+    /// Reports a task attempt's new state (RUNNING, FINISHED, FAILED...).
+    pub async fn set_task_state(
+        &self,
+        job_id: &str,
+        attempt_id: u64,
+        state: proto::TaskState,
+    ) -> Result<(), ClientError> {
+        self.send(ToCoordinator::TaskState(proto::TaskStateUpdate {
+            job_id: job_id.to_string(),
+            attempt_id,
+            state: state.into(),
+        }))
+        .await
+    }
+
+    /// Acknowledges a triggered snapshot with the task's state handles.
+    pub async fn acknowledge(
+        &self,
+        trigger: &proto::TriggerCheckpoint,
+        handles: Vec<proto::StateHandle>,
+    ) -> Result<(), ClientError> {
+        self.send(ToCoordinator::Acknowledge(proto::AcknowledgeRequest {
+            job_id: trigger.job_id.clone(),
+            checkpoint_id: trigger.checkpoint_id,
+            attempt_id: trigger.attempt_id,
+            handles,
+            sync_duration_ms: 0,
+            async_duration_ms: 0,
+            fencing_token: trigger.fencing_token,
+        }))
+        .await
+    }
+
+    /// Declines a snapshot for one attempt, with the cause passed on to the caller.
+    pub async fn decline(
+        &self,
+        job_id: &str,
+        checkpoint_id: u64,
+        attempt_id: u64,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        self.send(ToCoordinator::Decline(proto::DeclineRequest {
+            job_id: job_id.to_string(),
+            checkpoint_id,
+            attempt_id,
+            reason: reason.to_string(),
+            fencing_token: 0,
+        }))
+        .await
+    }
+}
