@@ -45,6 +45,19 @@ impl SnapshotCoordinator {
     }
 }
 
+/// Whether `snapshot` holds a reference to the same data as `handle`.
+fn references(snapshot: &CompletedSnapshot, handle: &StateHandle) -> bool {
+    let StateData::Reference { uri, .. } = &handle.data else {
+        return false;
+    };
+    snapshot
+        .vertices
+        .iter()
+        .flat_map(|v| &v.subtasks)
+        .flat_map(|s| &s.handles)
+        .any(|h| matches!(&h.data, StateData::Reference { uri: other, .. } if other == uri))
+}
+
 /// What the periodic scheduler should do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SchedulerStep {
@@ -81,11 +94,24 @@ pub enum AckDecision {
     UnknownCheckpoint,
 }
 
-/// A fully acknowledged snapshot on its way to the store.
+/// A fully acknowledged snapshot on its way to the store. Its [`PendingSnapshot`] stays
+/// in the job (marked `storing`) until the write is done.
 #[derive(Debug)]
 pub struct Completing {
-    pub pending: PendingSnapshot,
+    pub kind: SnapshotKind,
+    /// Where the tasks wrote the state (to discard it if the snapshot fails after all).
+    pub location: String,
+    /// Savepoint target directory; None for checkpoints.
+    pub target_dir: Option<String>,
     pub snapshot: CompletedSnapshot,
+}
+
+/// How a snapshot whose location is remembered ended; decides what a late ack may delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    Failed,
+    Checkpoint,
+    Savepoint,
 }
 
 /// Everything the coordinator knows about one job.
@@ -106,7 +132,8 @@ pub struct JobState {
     pub failing: bool,
     /// Set when the retained checkpoints could not be read back after a restart.
     pub checkpoint_store_error: Option<String>,
-    recent_locations: VecDeque<(CheckpointId, String)>,
+    /// Locations of recently ended snapshots, to discard the state of late acks.
+    recent_locations: VecDeque<(CheckpointId, String, Ended)>,
 }
 
 impl JobState {
@@ -307,18 +334,43 @@ impl JobState {
             if id > self.max_issued_id || id.0 == 0 {
                 return AckDecision::UnknownCheckpoint;
             }
-            let location = self
+            let Some((_, location, ended)) = self
                 .recent_locations
                 .iter()
-                .find(|(recent, _)| *recent == id)
-                .map(|(_, location)| location.clone());
+                .find(|(recent, _, _)| *recent == id)
+                .cloned()
+            else {
+                return AckDecision::Discard {
+                    late: true,
+                    location: None,
+                    handles,
+                };
+            };
+            let handles = match ended {
+                Ended::Failed => handles,
+                // The savepoint directory and everything in it now belongs to the savepoint.
+                Ended::Savepoint => Vec::new(),
+                // A retried ack may repeat handles the retained checkpoint references:
+                // only state nobody references is deleted.
+                Ended::Checkpoint => match self.retained.iter().find(|r| r.checkpoint_id == id) {
+                    Some(snapshot) => handles
+                        .into_iter()
+                        .filter(|h| !references(snapshot, h))
+                        .collect(),
+                    None => handles,
+                },
+            };
             return AckDecision::Discard {
                 late: true,
-                location,
+                location: Some(location),
                 handles,
             };
         };
-        let coordinator = self.coordinator_mut(kind);
+        // Field by field, so the pending snapshot and the task table can be borrowed together.
+        let coordinator = match kind {
+            SnapshotKind::Checkpoint => &mut self.checkpoints,
+            SnapshotKind::Savepoint => &mut self.savepoints,
+        };
         let pending = coordinator
             .pending
             .get_mut(&id)
@@ -337,16 +389,17 @@ impl JobState {
                 }
             }
             AckStep::Complete => {
-                let mut pending = coordinator
-                    .pending
-                    .remove(&id)
-                    .expect("checked to be pending");
-                if let Some(timeout) = pending.timeout.take() {
-                    timeout.abort();
-                }
+                // The timeout stays armed: a store write that hangs must not leave the
+                // caller waiting forever.
+                pending.storing = true;
                 let tasks = &self.tasks;
                 let snapshot = pending.to_completed(&self.spec, |i| tasks.locate(i), now_ms);
-                AckDecision::Complete(Box::new(Completing { pending, snapshot }))
+                AckDecision::Complete(Box::new(Completing {
+                    kind,
+                    location: pending.location.clone(),
+                    target_dir: pending.target_dir.clone(),
+                    snapshot,
+                }))
             }
         }
     }
@@ -444,11 +497,21 @@ impl JobState {
         if !handles.is_empty() {
             effects.discards.push((pending.location.clone(), handles));
         }
-        self.remember_location(pending.id, pending.location.clone());
+        self.remember_location(pending.id, pending.location.clone(), Ended::Failed);
         if let Some(result) = pending.result.take() {
             effects.results.push((result, Err(failure)));
         }
         effects.wake_scheduler = true;
+    }
+
+    /// Takes back snapshot `id` after its metadata write; None if it was aborted meanwhile
+    /// (expired, subsumed, shut down).
+    pub fn take_stored(&mut self, id: CheckpointId, kind: SnapshotKind) -> Option<PendingSnapshot> {
+        let coordinator = self.coordinator_mut(kind);
+        match coordinator.pending.get(&id) {
+            Some(pending) if pending.storing => coordinator.pending.remove(&id),
+            _ => None,
+        }
     }
 
     /// Records a snapshot whose metadata is now durable: retention, subsumption,
@@ -463,13 +526,19 @@ impl JobState {
         effects: &mut Effects,
     ) {
         let id = pending.id;
+        if let Some(timeout) = pending.timeout.take() {
+            timeout.abort();
+        }
         let mut stats = pending.stats(SnapshotStatus::Completed, now_ms);
         stats.path = path.clone();
         stats.state_size_bytes = snapshot.state_size_bytes();
         let state_size_bytes = stats.state_size_bytes;
         self.stats.record_finished(stats);
-        // No remember_location here: a late ack of a completed snapshot may be a retry
-        // whose handles the completed snapshot references, so its state is never discarded.
+        let ended = match pending.kind {
+            SnapshotKind::Checkpoint => Ended::Checkpoint,
+            SnapshotKind::Savepoint => Ended::Savepoint,
+        };
+        self.remember_location(id, pending.location.clone(), ended);
         tracing::info!(
             job_id = %self.spec.job_id,
             checkpoint_id = %id,
@@ -566,11 +635,11 @@ impl JobState {
         }
     }
 
-    fn remember_location(&mut self, id: CheckpointId, location: String) {
+    fn remember_location(&mut self, id: CheckpointId, location: String, ended: Ended) {
         if self.recent_locations.len() == RECENT_LOCATIONS {
             self.recent_locations.pop_front();
         }
-        self.recent_locations.push_back((id, location));
+        self.recent_locations.push_back((id, location, ended));
     }
 
     /// Aborts the pending snapshots that wait for `attempt`, which can no longer acknowledge.

@@ -549,17 +549,21 @@ impl Coordinator {
                 .pending
                 .get(&id)
                 .or_else(|| state.savepoints.pending.get(&id))
-                .map(|p| (p.kind, p.acknowledged_count(), p.awaited.len()));
-            let Some((kind, acknowledged, total)) = progress else {
+                .map(|p| (p.kind, p.acknowledged_count(), p.awaited.len(), p.storing));
+            let Some((kind, acknowledged, total, storing)) = progress else {
                 return;
             };
-            let failure = SnapshotFailure::new(
-                FailureReason::Expired,
+            let timeout_ms = state.spec.policy.timeout.as_millis();
+            let message = if storing {
                 format!(
-                    "{kind} {id} expired after {} ms: {acknowledged} of {total} tasks acknowledged",
-                    state.spec.policy.timeout.as_millis()
-                ),
-            );
+                    "{kind} {id} expired after {timeout_ms} ms while its metadata was being stored"
+                )
+            } else {
+                format!(
+                    "{kind} {id} expired after {timeout_ms} ms: {acknowledged} of {total} tasks acknowledged"
+                )
+            };
+            let failure = SnapshotFailure::new(FailureReason::Expired, message);
             state.abort(id, failure, self.inner.clock.now_ms(), &mut effects);
         }
         self.carry_out(job, effects);
@@ -601,51 +605,70 @@ impl Coordinator {
     }
 
     /// Stores a fully acknowledged snapshot (no lock held), then records the outcome.
+    /// If the snapshot was aborted while being stored (timeout, subsumption, shutdown),
+    /// whatever was written is removed again: the caller was told it failed.
     async fn complete(&self, job: Arc<Job>, completing: Completing) {
-        let Completing { pending, snapshot } = completing;
-        let stored = match &pending.target_dir {
-            None => self
-                .inner
-                .stores
-                .checkpoints
-                .add(&snapshot)
-                .await
-                .map(|()| None),
-            Some(target) => self
-                .inner
-                .stores
-                .savepoints
-                .write(target, &snapshot)
-                .await
-                .map(Some),
+        let Completing {
+            kind,
+            location,
+            target_dir,
+            snapshot,
+        } = completing;
+        let id = snapshot.checkpoint_id;
+        let stores = &self.inner.stores;
+        let stored = match &target_dir {
+            None => stores.checkpoints.add(&snapshot).await.map(|()| None),
+            Some(target) => stores.savepoints.write(target, &snapshot).await.map(Some),
         };
         let mut effects = Effects::default();
-        {
+        let aborted_meanwhile = {
             let mut state = job.lock();
             let now_ms = self.inner.clock.now_ms();
-            match stored {
-                Ok(path) => state.complete(
-                    pending,
-                    Arc::new(snapshot),
-                    path,
-                    now_ms,
-                    Instant::now(),
-                    &mut effects,
-                ),
-                Err(error) => {
+            match (state.take_stored(id, kind), stored) {
+                (Some(pending), Ok(path)) => {
+                    state.complete(
+                        pending,
+                        Arc::new(snapshot),
+                        path,
+                        now_ms,
+                        Instant::now(),
+                        &mut effects,
+                    );
+                    None
+                }
+                (Some(pending), Err(error)) => {
                     let failure = SnapshotFailure::new(
                         FailureReason::StoreIo,
-                        format!(
-                            "storing the metadata of {} {} failed: {error}",
-                            pending.kind, pending.id
-                        ),
+                        format!("storing the metadata of {kind} {id} failed: {error}"),
                     );
                     let handles = snapshot_handles(snapshot);
                     state.fail(pending, Some(handles), failure, now_ms, &mut effects);
+                    None
                 }
+                (None, stored) => Some((stored, snapshot)),
             }
-        }
+        };
         self.carry_out(&job, effects);
+        if let Some((stored, snapshot)) = aborted_meanwhile {
+            tracing::info!(job_id = %job.id, checkpoint_id = %id, %kind, "snapshot ended while its metadata was being stored; removing what was written");
+            match stored {
+                Ok(Some(path)) => {
+                    if let Err(error) = stores.savepoints.dispose(&path).await {
+                        tracing::warn!(
+                            path,
+                            "removing the savepoint of a failed snapshot failed: {error}"
+                        );
+                    }
+                }
+                Ok(None) => {
+                    if let Err(error) = stores.checkpoints.remove(&job.id, id).await {
+                        tracing::warn!(job_id = %job.id, checkpoint_id = %id, "removing the metadata of a failed checkpoint failed: {error}");
+                    }
+                }
+                Err(_) => {}
+            }
+            discard(stores, &location, &snapshot_handles(snapshot)).await;
+        }
     }
 
     /// Takes a decline: aborts the snapshot with the task's reason. Returns whether a
@@ -668,7 +691,9 @@ impl Coordinator {
                 .pending
                 .get(&checkpoint_id)
                 .or_else(|| state.savepoints.pending.get(&checkpoint_id))
-                .map(|p| p.awaits(attempt_id) || p.trigger_attempts.contains(&attempt_id));
+                .map(|p| {
+                    !p.storing && (p.awaits(attempt_id) || p.trigger_attempts.contains(&attempt_id))
+                });
             match awaited {
                 Some(true) => {
                     let task = state

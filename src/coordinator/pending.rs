@@ -61,6 +61,10 @@ pub struct PendingSnapshot {
     remaining: usize,
     pub result: Option<oneshot::Sender<SnapshotResult>>,
     pub timeout: Option<AbortHandle>,
+    /// Every task acknowledged and the metadata is being written. The snapshot stays
+    /// pending (it counts toward max concurrent, shows in progress, can still expire or
+    /// be aborted by shutdown) until the store answers.
+    pub storing: bool,
 }
 
 impl PendingSnapshot {
@@ -107,6 +111,7 @@ impl PendingSnapshot {
             awaited,
             result,
             timeout: None,
+            storing: false,
         }
     }
 

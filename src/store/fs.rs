@@ -456,6 +456,41 @@ impl SavepointStore for FsStore {
         })
         .await
     }
+
+    async fn dispose(&self, path: &str) -> StoreResult<()> {
+        let mut dir = absolute_dir(path)?;
+        if dir.file_name().is_some_and(|n| n == METADATA_FILE) {
+            dir.pop();
+        }
+        let (job, id) = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_savepoint_dir_name)
+            .ok_or_else(|| StoreError::InvalidLocation {
+                location: path.to_string(),
+                detail: "not a savepoint directory (savepoint-<job>-<id>)".to_string(),
+            })?;
+        self.blocking(move |inner| {
+            // Index entry first, then the metadata: a crash in between leaves an unlisted
+            // directory, never a listed savepoint without metadata.
+            remove_file_if_exists(&inner.savepoint_record(&job, id))?;
+            remove_file_if_exists(&dir.join(METADATA_FILE))?;
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => sync_parent(&dir),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::io("removing", dir.display(), e)),
+            }
+        })
+        .await
+    }
+}
+
+/// Splits `savepoint-<job>-<id>` into job and id.
+fn parse_savepoint_dir_name(name: &str) -> Option<(JobId, CheckpointId)> {
+    let (job, id) = name.strip_prefix("savepoint-")?.rsplit_once('-')?;
+    let id = id.parse().ok()?;
+    crate::coordinator::model::validate_name(job).ok()?;
+    Some((JobId::new(job), CheckpointId(id)))
 }
 
 #[async_trait]
@@ -631,6 +666,15 @@ mod tests {
         );
         let leftovers: Vec<_> = fs::read_dir(&path).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file is left behind");
+
+        store.dispose(&path).await.unwrap();
+        assert!(!Path::new(&path).exists());
+        assert!(store.list(&job()).await.unwrap().is_empty());
+        store.dispose(&path).await.unwrap();
+        assert!(matches!(
+            store.dispose("/tmp/not-a-savepoint").await,
+            Err(StoreError::InvalidLocation { .. })
+        ));
     }
 
     #[tokio::test]

@@ -200,6 +200,13 @@ impl SavepointStore for MemoryStore {
         records.sort_by_key(|r| r.checkpoint_id);
         Ok(records)
     }
+
+    async fn dispose(&self, path: &str) -> StoreResult<()> {
+        let path = path.trim_end_matches('/');
+        let path = path.strip_suffix("/_metadata").unwrap_or(path);
+        self.maps().savepoints.remove(path);
+        Ok(())
+    }
 }
 
 #[async_trait]

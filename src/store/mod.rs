@@ -127,6 +127,9 @@ pub trait SavepointStore: Send + Sync {
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot>;
     /// The job's savepoint index, ascending by id.
     async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>>;
+    /// Deletes a savepoint written by [`SavepointStore::write`]: its index entry, then its
+    /// directory with everything in it. Ok if it does not exist.
+    async fn dispose(&self, path: &str) -> StoreResult<()>;
 }
 
 /// State data written by tasks into locations the coordinator handed out (and so owns).
