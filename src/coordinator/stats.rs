@@ -158,16 +158,7 @@ impl StatsTracker {
                 self.completed += 1;
                 self.duration.add(stats.duration_ms);
                 self.size.add(stats.state_size_bytes);
-                if stats.kind == SnapshotKind::Savepoint {
-                    self.latest_savepoint = Some(stats.clone());
-                }
-                let newer = self
-                    .latest_completed
-                    .as_ref()
-                    .is_none_or(|l| l.checkpoint_id < stats.checkpoint_id);
-                if newer {
-                    self.latest_completed = Some(stats.clone());
-                }
+                self.recover_latest(stats.clone());
             }
             SnapshotStatus::Failed => {
                 self.failed += 1;
@@ -181,7 +172,8 @@ impl StatsTracker {
         self.history.push_front(stats);
     }
 
-    /// Seeds the latest completed snapshot after a restart (no counters change).
+    /// Makes `stats` the latest completed (and latest savepoint) if it is newer; also
+    /// seeds them after a restart (no counters change).
     pub fn recover_latest(&mut self, stats: SnapshotStats) {
         if stats.kind == SnapshotKind::Savepoint {
             self.latest_savepoint = Some(stats.clone());
