@@ -28,6 +28,8 @@ pub enum CoreError {
     StaleFencingToken { job: JobId, got: u64, expected: u64 },
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("the coordinator is shut down")]
     ShutDown,
     #[error(transparent)]

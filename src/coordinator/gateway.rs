@@ -3,7 +3,10 @@
 //! The gRPC layer implements it over each task manager's stream; unit tests use
 //! [`RecordingGateway`]. Sending never blocks and never happens under the job lock.
 
-use super::model::{AttemptId, CheckpointId, JobId, SnapshotFailure, SnapshotKind, TaskManagerId};
+use super::model::{
+    AttemptId, CheckpointId, JobId, JobStatus, PostSnapshotAction, SnapshotFailure, SnapshotKind,
+    TaskManagerId,
+};
 use std::sync::Mutex;
 
 /// A message from the coordinator to one task attempt.
@@ -17,6 +20,10 @@ pub enum TaskMessage {
         kind: SnapshotKind,
         /// Where the task should write the state it does not send inline.
         location: String,
+        /// Stop-with-savepoint: what the task does once the savepoint is complete.
+        action: PostSnapshotAction,
+        /// A full snapshot (sharing no files with earlier ones) is required.
+        full: bool,
         fencing_token: u64,
     },
     NotifyCheckpointComplete {
@@ -32,22 +39,34 @@ pub enum TaskMessage {
         failure: SnapshotFailure,
         fencing_token: u64,
     },
+    /// To every task manager running tasks of the job: its status or failing flag changed.
+    JobStatusChanged {
+        job_id: JobId,
+        status: JobStatus,
+        failing: bool,
+        message: String,
+        fencing_token: u64,
+    },
 }
 
 impl TaskMessage {
-    pub fn checkpoint_id(&self) -> CheckpointId {
+    /// The snapshot the message is about; None for job-level messages.
+    pub fn checkpoint_id(&self) -> Option<CheckpointId> {
         match self {
             TaskMessage::TriggerCheckpoint { checkpoint_id, .. }
             | TaskMessage::NotifyCheckpointComplete { checkpoint_id, .. }
-            | TaskMessage::AbortCheckpoint { checkpoint_id, .. } => *checkpoint_id,
+            | TaskMessage::AbortCheckpoint { checkpoint_id, .. } => Some(*checkpoint_id),
+            TaskMessage::JobStatusChanged { .. } => None,
         }
     }
 
-    pub fn attempt_id(&self) -> AttemptId {
+    /// The task attempt the message is for; None for job-level messages.
+    pub fn attempt_id(&self) -> Option<AttemptId> {
         match self {
             TaskMessage::TriggerCheckpoint { attempt_id, .. }
             | TaskMessage::NotifyCheckpointComplete { attempt_id, .. }
-            | TaskMessage::AbortCheckpoint { attempt_id, .. } => *attempt_id,
+            | TaskMessage::AbortCheckpoint { attempt_id, .. } => Some(*attempt_id),
+            TaskMessage::JobStatusChanged { .. } => None,
         }
     }
 }

@@ -4,10 +4,11 @@
 
 use super::gateway::TaskMessage;
 use super::model::{
-    AttemptId, CheckpointId, CompletedSnapshot, FailureReason, JobSpec, JobStatus, SnapshotFailure,
-    SnapshotKind, StateData, StateHandle, TaskManagerId, TaskState,
+    AttemptId, CheckpointId, CompletedSnapshot, FailureReason, JobSpec, JobStatus,
+    OperationOutcome, PostSnapshotAction, SavepointOperation, SnapshotFailure, SnapshotKind,
+    StateData, StateHandle, TaskManagerId, TaskState,
 };
-use super::pending::{AckStep, PendingSnapshot, SnapshotResult, SnapshotSuccess};
+use super::pending::{AckStep, PendingSnapshot, SnapshotOptions, SnapshotResult, SnapshotSuccess};
 use super::stats::{JobStats, SnapshotStatus, StatsTracker};
 use super::tasks::TaskTable;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -18,6 +19,8 @@ use tokio::time::Instant;
 
 /// How many failed snapshots' locations are remembered to discard late acks' state.
 const RECENT_LOCATIONS: usize = 256;
+/// How many finished savepoint operations a job keeps (pending ones are always kept).
+pub const FINISHED_OPERATIONS_KEPT: usize = 100;
 
 /// Work decided under the job lock, to be carried out after releasing it.
 #[derive(Default)]
@@ -27,8 +30,14 @@ pub struct Effects {
     /// State to delete: (owned location, handles).
     pub discards: Vec<(String, Vec<StateHandle>)>,
     /// Retained checkpoints pushed out of the retained set, with the state only they use.
-    pub evicted: Vec<(CheckpointId, Vec<StateHandle>)>,
+    pub evicted: Vec<(CheckpointId, Vec<StateHandle>, Option<String>)>,
     pub wake_scheduler: bool,
+    /// Savepoint operations whose record changed and must be persisted.
+    pub operations: Vec<SavepointOperation>,
+    /// Operations dropped from the bounded history, to delete from the store.
+    pub forgotten_operations: Vec<String>,
+    /// A stop-with-savepoint completed: the job is now FINISHED (to be persisted).
+    pub finished: bool,
 }
 
 /// One of the job's two coordinator instances: its pending snapshots by id.
@@ -103,6 +112,7 @@ pub struct Completing {
     pub location: String,
     /// Savepoint target directory; None for checkpoints.
     pub target_dir: Option<String>,
+    pub trigger: Option<super::model::SavepointTrigger>,
     pub snapshot: CompletedSnapshot,
 }
 
@@ -132,6 +142,14 @@ pub struct JobState {
     pub failing: bool,
     /// Set when the retained checkpoints could not be read back after a restart.
     pub checkpoint_store_error: Option<String>,
+    /// Savepoint operations by id: every pending one and the latest finished ones.
+    pub operations: std::collections::HashMap<String, SavepointOperation>,
+    /// The pending stop-with-savepoint; periodic checkpoints pause while it runs.
+    pub stopping: Option<CheckpointId>,
+    /// Set by a NO_CLAIM restore: the next checkpoint must share no files with it.
+    pub next_checkpoint_full: bool,
+    /// The periodic savepoint task, if the job has a savepoint schedule.
+    pub savepoint_scheduler: Option<AbortHandle>,
     /// Locations of recently ended snapshots, to discard the state of late acks.
     recent_locations: VecDeque<(CheckpointId, String, Ended)>,
 }
@@ -153,6 +171,10 @@ impl JobState {
             consecutive_failures: 0,
             failing: false,
             checkpoint_store_error: None,
+            operations: std::collections::HashMap::new(),
+            stopping: None,
+            next_checkpoint_full: false,
+            savepoint_scheduler: None,
             recent_locations: VecDeque::new(),
         }
     }
@@ -188,6 +210,12 @@ impl JobState {
             ));
         }
         if periodic {
+            if let Some(stop) = self.stopping {
+                return Err(SnapshotFailure::new(
+                    FailureReason::JobNotRunning,
+                    format!("stop-with-savepoint {stop} is in progress"),
+                ));
+            }
             if self.checkpoints.pending.len() >= self.max_concurrent() {
                 return Err(SnapshotFailure::new(
                     FailureReason::TooManyConcurrent,
@@ -264,8 +292,16 @@ impl JobState {
         now_ms: u64,
         location: String,
         target_dir: Option<String>,
+        mut options: SnapshotOptions,
         result: Option<oneshot::Sender<SnapshotResult>>,
     ) -> (&mut PendingSnapshot, Vec<(TaskManagerId, TaskMessage)>) {
+        options.full = match kind {
+            SnapshotKind::Savepoint => true,
+            SnapshotKind::Checkpoint => self.next_checkpoint_full,
+        };
+        if options.action != PostSnapshotAction::None {
+            self.stopping = Some(id);
+        }
         let mut trigger_attempts = Vec::new();
         let mut messages = Vec::new();
         for vertex in &self.spec.trigger_vertices {
@@ -282,6 +318,8 @@ impl JobState {
                             timestamp_ms: now_ms,
                             kind,
                             location: location.clone(),
+                            action: options.action,
+                            full: options.full,
                             fencing_token: self.fencing_token,
                         },
                     ));
@@ -296,7 +334,7 @@ impl JobState {
                 }
             }
         }
-        let pending = PendingSnapshot::new(
+        let mut pending = PendingSnapshot::new(
             id,
             kind,
             periodic,
@@ -307,6 +345,7 @@ impl JobState {
             awaited,
             result,
         );
+        pending.options = options;
         self.max_issued_id = self.max_issued_id.max(id);
         self.stats.triggered += 1;
         let pending = self
@@ -398,6 +437,7 @@ impl JobState {
                     kind,
                     location: pending.location.clone(),
                     target_dir: pending.target_dir.clone(),
+                    trigger: pending.options.trigger,
                     snapshot,
                 }))
             }
@@ -491,7 +531,25 @@ impl JobState {
                     tolerable = self.spec.policy.tolerable_failures,
                     "checkpoint failures exceed the tolerable number: job is failing"
                 );
+                let message = format!(
+                    "{} consecutive checkpoint failures exceed the {} tolerated; latest: {failure}",
+                    self.consecutive_failures, self.spec.policy.tolerable_failures
+                );
+                self.announce_status(message, effects);
             }
+        }
+        if self.stopping == Some(pending.id) {
+            self.stopping = None;
+        }
+        if let Some(operation_id) = &pending.options.operation_id {
+            self.finish_operation(
+                operation_id,
+                OperationOutcome::Failed {
+                    completion_timestamp_ms: now_ms,
+                    failure: failure.clone(),
+                },
+                effects,
+            );
         }
         let handles = handles.unwrap_or_else(|| pending.take_handles());
         if !handles.is_empty() {
@@ -550,7 +608,13 @@ impl JobState {
             self.retain(snapshot, effects);
             self.periodic.last_completion = Some(now);
             self.consecutive_failures = 0;
-            self.failing = false;
+            if pending.options.full {
+                self.next_checkpoint_full = false;
+            }
+            if self.failing {
+                self.failing = false;
+                self.announce_status(format!("checkpoint {id} completed"), effects);
+            }
             let older: Vec<CheckpointId> = self
                 .checkpoints
                 .pending
@@ -582,6 +646,23 @@ impl JobState {
                     ));
                 }
             }
+        }
+        if let Some(operation_id) = &pending.options.operation_id {
+            self.finish_operation(
+                operation_id,
+                OperationOutcome::Completed {
+                    completion_timestamp_ms: now_ms,
+                    state_size_bytes,
+                },
+                effects,
+            );
+        }
+        if pending.options.action != PostSnapshotAction::None {
+            self.stopping = None;
+            self.status = JobStatus::Finished;
+            effects.finished = true;
+            let message = format!("stop-with-savepoint {id} completed; the job is FINISHED");
+            self.announce_status(message, effects);
         }
         if let Some(result) = pending.result.take() {
             effects.results.push((
@@ -631,7 +712,61 @@ impl JobState {
                 })
                 .cloned()
                 .collect();
-            effects.evicted.push((evicted.checkpoint_id, only_evicted));
+            effects.evicted.push((
+                evicted.checkpoint_id,
+                only_evicted,
+                evicted.claimed_path.clone(),
+            ));
+        }
+    }
+
+    /// Tells every task manager with tasks of this job about its status and failing flag.
+    pub fn announce_status(&self, message: String, effects: &mut Effects) {
+        for tm in self.tasks.task_managers() {
+            effects.messages.push((
+                tm,
+                TaskMessage::JobStatusChanged {
+                    job_id: self.spec.job_id.clone(),
+                    status: self.status,
+                    failing: self.failing,
+                    message: message.clone(),
+                    fencing_token: self.fencing_token,
+                },
+            ));
+        }
+    }
+
+    /// Records a new or changed operation, keeping the history bounded.
+    pub fn record_operation(&mut self, operation: SavepointOperation, effects: &mut Effects) {
+        self.operations
+            .insert(operation.operation_id.clone(), operation.clone());
+        effects.operations.push(operation);
+        let finished = self.operations.values().filter(|o| !o.is_pending()).count();
+        if finished > FINISHED_OPERATIONS_KEPT {
+            let mut old: Vec<(u64, String)> = self
+                .operations
+                .values()
+                .filter(|o| !o.is_pending())
+                .map(|o| (o.trigger_timestamp_ms, o.operation_id.clone()))
+                .collect();
+            old.sort();
+            for (_, id) in old.into_iter().take(finished - FINISHED_OPERATIONS_KEPT) {
+                self.operations.remove(&id);
+                effects.forgotten_operations.push(id);
+            }
+        }
+    }
+
+    fn finish_operation(
+        &mut self,
+        operation_id: &str,
+        outcome: OperationOutcome,
+        effects: &mut Effects,
+    ) {
+        if let Some(operation) = self.operations.get(operation_id) {
+            let mut operation = operation.clone();
+            operation.outcome = outcome;
+            self.record_operation(operation, effects);
         }
     }
 

@@ -17,11 +17,14 @@ pub mod job;
 pub mod model;
 pub mod pending;
 pub mod restore;
+mod savepoints;
+pub mod schedule;
 pub mod stats;
 pub mod tasks;
 
 pub use error::CoreError;
 pub use pending::{SnapshotResult, SnapshotSuccess};
+pub use savepoints::{SavepointRequest, SavepointStarted};
 
 use crate::store::{JobRecord, StoreError, Stores};
 use clock::Clock;
@@ -29,16 +32,18 @@ use gateway::TaskGateway;
 use id_counter::SharedIdCounter;
 use job::{AckDecision, Completing, Effects, JobState, SchedulerStep};
 use model::{
-    AttemptId, CheckpointId, CompletedSnapshot, FailureReason, JobId, JobSpec, JobStatus,
+    AttemptId, CheckpointId, ClaimMode, CompletedSnapshot, FailureReason, JobId, JobSpec,
+    JobStatus, OperationOutcome, PostSnapshotAction, SavepointOperation, SavepointTrigger,
     SnapshotFailure, SnapshotKind, StateData, StateHandle, TaskManagerId, TaskState,
 };
+use pending::SnapshotOptions;
 use restore::StateMapping;
 use stats::{JobStats, RestoreStats, SnapshotStats, SnapshotStatus};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 /// Settings of the core that are not per job.
@@ -50,6 +55,9 @@ pub struct CoordinatorConfig {
     pub id_block_size: u64,
     /// How many finished snapshots each job's stats history keeps.
     pub stats_history: usize,
+    /// Directories besides the default and the jobs' own savepoint directories under
+    /// which DisposeSavepoint may delete.
+    pub extra_savepoint_roots: Vec<String>,
 }
 
 impl Default for CoordinatorConfig {
@@ -58,6 +66,7 @@ impl Default for CoordinatorConfig {
             default_savepoint_dir: "savepoints".to_string(),
             id_block_size: 64,
             stats_history: 20,
+            extra_savepoint_roots: Vec::new(),
         }
     }
 }
@@ -138,6 +147,14 @@ struct Job {
     state: Mutex<JobState>,
     /// Wakes the periodic scheduler when a slot frees or a checkpoint completes.
     wakeup: Notify,
+    /// Serialises savepoint requests, so a repeated request id never starts a second one.
+    savepoint_requests: tokio::sync::Mutex<()>,
+    /// Orders writes of operation records (a Pending record never lands after its final one).
+    operation_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Bumped whenever an operation record changes; waiters watch it.
+    operations_changed: watch::Sender<u64>,
+    /// One retention pass at a time.
+    retention: tokio::sync::Mutex<()>,
 }
 
 impl Job {
@@ -239,6 +256,10 @@ impl Coordinator {
                 self.inner.config.stats_history,
             )),
             wakeup: Notify::new(),
+            savepoint_requests: tokio::sync::Mutex::new(()),
+            operation_writes: Arc::new(tokio::sync::Mutex::new(())),
+            operations_changed: watch::Sender::new(0),
+            retention: tokio::sync::Mutex::new(()),
             spec,
         })
     }
@@ -251,6 +272,15 @@ impl Coordinator {
         for record in records {
             let job = self.new_job(record.spec, record.status, record.fencing_token);
             let checkpoints = self.inner.stores.checkpoints.load_all(&job.id).await;
+            match self.inner.stores.savepoints.resume_disposals(&job.id).await {
+                Ok(0) => {}
+                Ok(resumed) => {
+                    tracing::info!(job_id = %job.id, resumed, "finished interrupted savepoint disposals")
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = %job.id, "finishing interrupted savepoint disposals failed: {error}")
+                }
+            }
             let savepoints = self.inner.stores.savepoints.list(&job.id).await;
             let mut effects = Effects::default();
             {
@@ -288,6 +318,8 @@ impl Coordinator {
                                 failure: None,
                                 path: Some(latest.path.clone()),
                                 subtasks: Vec::new(),
+                                trigger: Some(latest.trigger),
+                                full: true,
                             });
                         }
                     }
@@ -306,6 +338,11 @@ impl Coordinator {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(job.id.clone(), job.clone());
             self.carry_out(&job, effects);
+            self.recover_operations(&job).await;
+            self.start_savepoint_scheduler(&job);
+            if job.spec.savepoint_policy.retires() {
+                self.apply_retention(&job).await;
+            }
         }
         Ok(count)
     }
@@ -348,6 +385,7 @@ impl Coordinator {
                 .remove(&job.id);
             return Err(error.into());
         }
+        self.start_savepoint_scheduler(&job);
         tracing::info!(job_id = %job.id, subtasks = job.spec.subtask_count(), "job registered");
         Ok(fencing_token)
     }
@@ -375,6 +413,9 @@ impl Coordinator {
             let mut state = job.lock();
             state.shut_down = true;
             stop_scheduler(&mut state);
+            if let Some(scheduler) = state.savepoint_scheduler.take() {
+                scheduler.abort();
+            }
             let failure = SnapshotFailure::new(
                 FailureReason::CoordinatorShutDown,
                 format!("coordinator shut down: {why}"),
@@ -445,23 +486,35 @@ impl Coordinator {
             .filter(|d| !d.trim().is_empty())
             .or_else(|| job.spec.savepoint_dir.clone())
             .unwrap_or_else(|| self.inner.config.default_savepoint_dir.clone());
-        self.trigger(&job, SnapshotKind::Savepoint, false, Some(target))
-            .await
+        let handle = self
+            .start_savepoint(&job, SavepointRequest::manual(Some(target)))
+            .await?
+            .handle;
+        Ok(handle.expect("a request without a request id always starts a savepoint"))
     }
 
     /// Triggers a checkpoint now, outside the periodic schedule and its limits.
     pub async fn trigger_checkpoint(&self, job_id: &str) -> Result<SnapshotHandle, CoreError> {
         let job = self.job(job_id)?;
-        self.trigger(&job, SnapshotKind::Checkpoint, false, None)
-            .await
+        self.trigger(
+            &job,
+            SnapshotKind::Checkpoint,
+            false,
+            None,
+            SnapshotOptions::default(),
+        )
+        .await
     }
 
+    /// Takes an ID, starts the pending snapshot and sends the triggers. A savepoint with
+    /// an operation gets its Pending record written before anything can finish it.
     async fn trigger(
         &self,
         job: &Arc<Job>,
         kind: SnapshotKind,
         periodic: bool,
         target_dir: Option<String>,
+        options: SnapshotOptions,
     ) -> Result<SnapshotHandle, CoreError> {
         let refused = |failure: SnapshotFailure| CoreError::TriggerRefused {
             job: job.id.clone(),
@@ -501,13 +554,42 @@ impl Coordinator {
         };
         let path = target_dir.as_ref().map(|_| location.clone());
         let (sender, receiver) = oneshot::channel();
+        let operation_writes = job.operation_writes.clone();
+        let _operation_order = match &options.operation_id {
+            Some(_) => Some(operation_writes.lock().await),
+            None => None,
+        };
+        let mut operation = None;
         let messages = {
             let mut state = job.lock();
             // The state may have changed while the ID was being reserved.
             state
                 .check_trigger(periodic, Instant::now())
                 .map_err(refused)?;
+            if options.action != PostSnapshotAction::None
+                && let Some(stop) = state.stopping
+            {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "stop-with-savepoint {stop} of job {} is already in progress",
+                    job.id
+                )));
+            }
             let now_ms = self.inner.clock.now_ms();
+            if let (Some(operation_id), Some(trigger)) = (&options.operation_id, options.trigger) {
+                let record = SavepointOperation {
+                    operation_id: operation_id.clone(),
+                    job_id: job.id.clone(),
+                    checkpoint_id: id,
+                    trigger,
+                    drain: options.action == PostSnapshotAction::Drain,
+                    path: location.clone(),
+                    trigger_timestamp_ms: now_ms,
+                    outcome: OperationOutcome::Pending,
+                };
+                let mut ignored = Effects::default();
+                state.record_operation(record.clone(), &mut ignored);
+                operation = Some(record);
+            }
             let timeout = state.spec.policy.timeout;
             let (pending, messages) = state.start_pending(
                 id,
@@ -516,6 +598,7 @@ impl Coordinator {
                 now_ms,
                 location,
                 target_dir,
+                options,
                 Some(sender),
             );
             let coordinator = self.clone();
@@ -532,6 +615,23 @@ impl Coordinator {
         tracing::debug!(job_id = %job.id, checkpoint_id = %id, %kind, periodic, "snapshot triggered");
         for (tm, message) in messages {
             self.inner.gateway.send(&tm, message);
+        }
+        if let Some(operation) = operation {
+            job.operations_changed.send_modify(|n| *n += 1);
+            if let Err(error) = self.inner.stores.operations.save(&operation).await {
+                let failure = SnapshotFailure::new(
+                    FailureReason::StoreIo,
+                    format!(
+                        "recording savepoint operation {} failed: {error}",
+                        operation.operation_id
+                    ),
+                );
+                drop(_operation_order);
+                let mut effects = Effects::default();
+                job.lock()
+                    .abort(id, failure, self.inner.clock.now_ms(), &mut effects);
+                self.carry_out(job, effects);
+            }
         }
         Ok(SnapshotHandle {
             checkpoint_id: id,
@@ -612,13 +712,22 @@ impl Coordinator {
             kind,
             location,
             target_dir,
+            trigger,
             snapshot,
         } = completing;
         let id = snapshot.checkpoint_id;
         let stores = &self.inner.stores;
         let stored = match &target_dir {
             None => stores.checkpoints.add(&snapshot).await.map(|()| None),
-            Some(target) => stores.savepoints.write(target, &snapshot).await.map(Some),
+            Some(target) => stores
+                .savepoints
+                .write(
+                    target,
+                    &snapshot,
+                    trigger.unwrap_or(SavepointTrigger::Manual),
+                )
+                .await
+                .map(Some),
         };
         let mut effects = Effects::default();
         let aborted_meanwhile = {
@@ -634,6 +743,9 @@ impl Coordinator {
                         Instant::now(),
                         &mut effects,
                     );
+                    if effects.finished {
+                        stop_scheduler(&mut state);
+                    }
                     None
                 }
                 (Some(pending), Err(error)) => {
@@ -648,12 +760,25 @@ impl Coordinator {
                 (None, stored) => Some((stored, snapshot)),
             }
         };
+        if effects.finished {
+            // FINISHED is durable before the caller hears that the stop succeeded.
+            let _admin = job.admin.lock().await;
+            if let Err(error) = stores.jobs.save(&job.record(JobStatus::Finished)).await {
+                tracing::error!(job_id = %job.id, "persisting status FINISHED failed: {error}");
+            }
+        }
+        let retire = kind == SnapshotKind::Savepoint
+            && aborted_meanwhile.is_none()
+            && job.spec.savepoint_policy.retires();
         self.carry_out(&job, effects);
+        if retire {
+            self.apply_retention(&job).await;
+        }
         if let Some((stored, snapshot)) = aborted_meanwhile {
             tracing::info!(job_id = %job.id, checkpoint_id = %id, %kind, "snapshot ended while its metadata was being stored; removing what was written");
             match stored {
                 Ok(Some(path)) => {
-                    if let Err(error) = stores.savepoints.dispose(&path).await {
+                    if let Err(error) = stores.savepoints.dispose(&path).await.map(|_| ()) {
                         tracing::warn!(
                             path,
                             "removing the savepoint of a failed snapshot failed: {error}"
@@ -851,19 +976,47 @@ impl Coordinator {
         path: &str,
         allow_non_restored_state: bool,
     ) -> Result<Restored, CoreError> {
+        self.restore_savepoint_with(job_id, path, allow_non_restored_state, ClaimMode::NoClaim)
+            .await
+    }
+
+    /// Like [`Self::restore_savepoint`], with a claim mode: CLAIM makes the snapshot a
+    /// retained checkpoint of the job (deleted once subsumed); NO_CLAIM leaves it alone
+    /// and makes the job's next checkpoint a full one.
+    pub async fn restore_savepoint_with(
+        &self,
+        job_id: &str,
+        path: &str,
+        allow_non_restored_state: bool,
+        claim_mode: ClaimMode,
+    ) -> Result<Restored, CoreError> {
         let job = self.job(job_id)?;
         if path.trim().is_empty() {
             return Err(CoreError::InvalidArgument("path must not be empty".into()));
         }
         let _admin = job.admin.lock().await;
-        let snapshot = self.inner.stores.savepoints.read(path).await?;
-        self.apply_restore(
-            &job,
-            &snapshot,
-            Some(path.to_string()),
-            allow_non_restored_state,
-        )
-        .await
+        let mut snapshot = self.inner.stores.savepoints.read(path).await?;
+        let restored = self
+            .apply_restore(
+                &job,
+                &snapshot,
+                Some(path.to_string()),
+                allow_non_restored_state,
+                Some(claim_mode),
+            )
+            .await?;
+        let mut effects = Effects::default();
+        match claim_mode {
+            ClaimMode::NoClaim => job.lock().next_checkpoint_full = true,
+            ClaimMode::Claim => {
+                snapshot.job_id = job.id.clone();
+                snapshot.claimed_path = Some(path.to_string());
+                self.inner.stores.checkpoints.add(&snapshot).await?;
+                job.lock().retain(Arc::new(snapshot), &mut effects);
+            }
+        }
+        self.carry_out(&job, effects);
+        Ok(restored)
     }
 
     /// Maps the latest retained checkpoint onto the job (failover).
@@ -890,7 +1043,7 @@ impl Coordinator {
                 job.id
             ))
         })?;
-        self.apply_restore(&job, &latest, None, allow_non_restored_state)
+        self.apply_restore(&job, &latest, None, allow_non_restored_state, None)
             .await
     }
 
@@ -900,6 +1053,7 @@ impl Coordinator {
         snapshot: &CompletedSnapshot,
         path: Option<String>,
         allow_non_restored_state: bool,
+        claim_mode: Option<ClaimMode>,
     ) -> Result<Restored, CoreError> {
         let mapping = {
             let state = job.lock();
@@ -918,6 +1072,7 @@ impl Coordinator {
                 checkpoint_id: snapshot.checkpoint_id,
                 path,
                 timestamp_ms: self.inner.clock.now_ms(),
+                claim_mode,
             });
         }
         tracing::info!(job_id = %job.id, checkpoint_id = %snapshot.checkpoint_id, "state restored");
@@ -982,7 +1137,13 @@ impl Coordinator {
                 SchedulerStep::Stop => return,
                 SchedulerStep::TriggerNow => {
                     if let Err(error) = self
-                        .trigger(&job, SnapshotKind::Checkpoint, true, None)
+                        .trigger(
+                            &job,
+                            SnapshotKind::Checkpoint,
+                            true,
+                            None,
+                            SnapshotOptions::default(),
+                        )
                         .await
                     {
                         tracing::debug!(job_id = %job.id, "periodic checkpoint not triggered: {error}");
@@ -1008,6 +1169,9 @@ impl Coordinator {
             discards,
             evicted,
             wake_scheduler,
+            operations,
+            forgotten_operations,
+            finished: _,
         } = effects;
         for (tm, message) in messages {
             self.inner.gateway.send(&tm, message);
@@ -1018,15 +1182,26 @@ impl Coordinator {
         if wake_scheduler {
             job.wakeup.notify_one();
         }
+        if !operations.is_empty() || !forgotten_operations.is_empty() {
+            job.operations_changed.send_modify(|n| *n += 1);
+            self.persist_operations(job, operations, forgotten_operations);
+        }
         if evicted.is_empty() && discards.is_empty() {
             return;
         }
         let stores = self.inner.stores.clone();
         let job_id = job.id.clone();
         tokio::spawn(async move {
-            for (id, handles) in evicted {
+            for (id, handles, claimed_path) in evicted {
                 if let Err(error) = stores.checkpoints.remove(&job_id, id).await {
                     tracing::warn!(%job_id, checkpoint_id = %id, "removing a retired checkpoint failed: {error}");
+                }
+                if let Some(path) = claimed_path {
+                    // A claimed savepoint: the job owns all of it now.
+                    if let Err(error) = stores.savepoints.dispose(&path).await {
+                        tracing::warn!(%job_id, path, "disposing a subsumed claimed snapshot failed: {error}");
+                    }
+                    continue;
                 }
                 let location = stores.owned_state.checkpoint_location(&job_id, id);
                 discard(&stores, &location, &handles).await;
@@ -1097,6 +1272,8 @@ fn recovered_stats(snapshot: &CompletedSnapshot, path: Option<String>) -> Snapsh
         failure: None,
         path,
         subtasks: Vec::new(),
+        trigger: None,
+        full: false,
     }
 }
 

@@ -155,6 +155,29 @@ impl Default for CheckpointPolicy {
     }
 }
 
+/// Periodic savepoints (by interval or cron, best effort) and savepoint retention.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct SavepointPolicy {
+    pub interval: Option<Duration>,
+    /// Cron expression in UTC with a seconds field first, e.g. `0 0 * * * *`.
+    pub cron: Option<String>,
+    /// Keep at most this many completed savepoints; 0 keeps all.
+    pub max_retained: u32,
+    /// Dispose completed savepoints older than this; the newest is always kept.
+    pub max_age: Option<Duration>,
+}
+
+impl SavepointPolicy {
+    pub fn is_periodic(&self) -> bool {
+        self.interval.is_some() || self.cron.is_some()
+    }
+
+    /// Whether completed savepoints are ever disposed by retention.
+    pub fn retires(&self) -> bool {
+        self.max_retained > 0 || self.max_age.is_some()
+    }
+}
+
 /// Everything RegisterJob says about a job; persisted so a restart brings the job back.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct JobSpec {
@@ -166,6 +189,7 @@ pub struct JobSpec {
     pub policy: CheckpointPolicy,
     /// Default savepoint target for this job; None means the server's default.
     pub savepoint_dir: Option<String>,
+    pub savepoint_policy: SavepointPolicy,
 }
 
 impl JobSpec {
@@ -261,6 +285,33 @@ impl JobSpec {
             && dir.trim().is_empty()
         {
             self.savepoint_dir = None;
+        }
+        let savepoints = &mut self.savepoint_policy;
+        if savepoints.interval == Some(Duration::ZERO) {
+            savepoints.interval = None;
+        }
+        if savepoints.max_age == Some(Duration::ZERO) {
+            savepoints.max_age = None;
+        }
+        if let Some(cron) = &savepoints.cron
+            && cron.trim().is_empty()
+        {
+            savepoints.cron = None;
+        }
+        if savepoints.interval.is_some() && savepoints.cron.is_some() {
+            return Err("savepoint_policy sets both interval_ms and cron; choose one".to_string());
+        }
+        if let Some(interval) = savepoints.interval
+            && interval < Duration::from_secs(1)
+        {
+            return Err(format!(
+                "savepoint_policy.interval_ms is {}, at least 1000 ms required",
+                interval.as_millis()
+            ));
+        }
+        if let Some(cron) = &savepoints.cron {
+            super::schedule::CronSchedule::parse(cron)
+                .map_err(|e| format!("savepoint_policy.cron {e}"))?;
         }
         Ok(self)
     }
@@ -405,6 +456,9 @@ pub struct CompletedSnapshot {
     pub trigger_timestamp_ms: u64,
     pub completion_timestamp_ms: u64,
     pub vertices: Vec<VertexState>,
+    /// Set on a savepoint that a job restored in CLAIM mode and now retains as a
+    /// checkpoint: the savepoint's path, disposed of once the checkpoint is subsumed.
+    pub claimed_path: Option<String>,
 }
 
 impl CompletedSnapshot {
@@ -418,8 +472,74 @@ impl CompletedSnapshot {
     }
 }
 
-/// Why a snapshot failed or was refused.
+/// Why a savepoint was taken.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum SavepointTrigger {
+    Manual,
+    Periodic,
+    Stop,
+}
+
+/// A savepoint request as recorded durably, so clients can look it up (also after a
+/// restart of the server) and repeat it idempotently.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SavepointOperation {
+    /// The client's request id, or one the server picked.
+    pub operation_id: String,
+    pub job_id: JobId,
+    pub checkpoint_id: CheckpointId,
+    pub trigger: SavepointTrigger,
+    /// For stop-with-savepoint: whether the job drains.
+    pub drain: bool,
+    /// Where the savepoint is (or will be).
+    pub path: String,
+    pub trigger_timestamp_ms: u64,
+    pub outcome: OperationOutcome,
+}
+
+/// Where a savepoint operation stands.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum OperationOutcome {
+    Pending,
+    Completed {
+        completion_timestamp_ms: u64,
+        state_size_bytes: u64,
+    },
+    Failed {
+        completion_timestamp_ms: u64,
+        failure: SnapshotFailure,
+    },
+}
+
+impl SavepointOperation {
+    pub fn is_pending(&self) -> bool {
+        self.outcome == OperationOutcome::Pending
+    }
+}
+
+/// What tasks do after the snapshot they are triggered for completes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum PostSnapshotAction {
+    #[default]
+    None,
+    /// Stop-with-savepoint without draining.
+    Stop,
+    /// Stop-with-savepoint, draining (final watermark, flush) first.
+    Drain,
+}
+
+/// Who owns a restored snapshot afterwards (as in Flink's restore modes).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum ClaimMode {
+    /// The snapshot stays the user's; the first checkpoint after the restore is full.
+    #[default]
+    NoClaim,
+    /// The job retains the snapshot as a checkpoint and deletes it once subsumed.
+    Claim,
+}
+
+/// Why a snapshot failed or was refused.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub enum FailureReason {
     TasksNotRunning,
     Declined,

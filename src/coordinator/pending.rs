@@ -1,8 +1,8 @@
 //! A snapshot that was triggered and waits for acknowledgements.
 
 use super::model::{
-    AttemptId, CheckpointId, CompletedSnapshot, JobSpec, SnapshotFailure, SnapshotKind,
-    StateHandle, SubtaskState, VertexState,
+    AttemptId, CheckpointId, CompletedSnapshot, JobSpec, PostSnapshotAction, SavepointTrigger,
+    SnapshotFailure, SnapshotKind, StateHandle, SubtaskState, VertexState,
 };
 use super::stats::{SnapshotStats, SnapshotStatus, SubtaskSample};
 use rustc_hash::FxHashMap;
@@ -20,6 +20,19 @@ pub struct SnapshotSuccess {
 }
 
 pub type SnapshotResult = Result<SnapshotSuccess, SnapshotFailure>;
+
+/// What distinguishes one snapshot request from another beyond its kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// Savepoints: why it is taken.
+    pub trigger: Option<SavepointTrigger>,
+    /// Stop-with-savepoint: what tasks do once it is complete.
+    pub action: PostSnapshotAction,
+    /// Savepoints: the operation that tracks it.
+    pub operation_id: Option<String>,
+    /// A full snapshot was requested (set by the job for checkpoints, always for savepoints).
+    pub full: bool,
+}
 
 /// One awaited attempt and what it acknowledged.
 #[derive(Debug)]
@@ -65,6 +78,7 @@ pub struct PendingSnapshot {
     /// pending (it counts toward max concurrent, shows in progress, can still expire or
     /// be aborted by shutdown) until the store answers.
     pub storing: bool,
+    pub options: SnapshotOptions,
 }
 
 impl PendingSnapshot {
@@ -112,6 +126,7 @@ impl PendingSnapshot {
             result,
             timeout: None,
             storing: false,
+            options: SnapshotOptions::default(),
         }
     }
 
@@ -210,6 +225,8 @@ impl PendingSnapshot {
                     state_size_bytes: t.state_size_bytes,
                 })
                 .collect(),
+            trigger: self.options.trigger,
+            full: self.options.full,
         }
     }
 
@@ -247,6 +264,7 @@ impl PendingSnapshot {
             trigger_timestamp_ms: self.trigger_timestamp_ms,
             completion_timestamp_ms,
             vertices,
+            claimed_path: None,
         }
     }
 }

@@ -3,8 +3,14 @@
 //! Kept in compact form (subtasks by index) and resolved to names only when queried, so
 //! recording a completion costs no per-subtask string allocation.
 
-use super::model::{CheckpointId, JobStatus, SnapshotFailure, SnapshotKind, SubtaskRef};
-use std::collections::VecDeque;
+use super::model::{
+    CheckpointId, ClaimMode, FailureReason, JobStatus, SavepointTrigger, SnapshotFailure,
+    SnapshotKind, SubtaskRef,
+};
+use std::collections::{BTreeMap, VecDeque};
+
+/// How many of the most recent completed snapshots the percentiles are taken over.
+const PERCENTILE_WINDOW: usize = 1000;
 
 /// Where a snapshot is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -39,22 +45,32 @@ pub struct SnapshotStats {
     pub failure: Option<SnapshotFailure>,
     pub path: Option<String>,
     pub subtasks: Vec<SubtaskSample>,
+    /// Savepoints: why it was taken.
+    pub trigger: Option<SavepointTrigger>,
+    /// Checkpoints: a full snapshot was requested.
+    pub full: bool,
 }
 
-/// min / average / max over completed snapshots.
+/// min / average / max over every completed snapshot; percentiles over the most recent
+/// [`PERCENTILE_WINDOW`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Summary {
+    pub count: u64,
     pub min: u64,
     pub avg: u64,
     pub max: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
 }
 
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Default, Debug)]
 struct SummaryAccumulator {
     count: u64,
     sum: u128,
     min: u64,
     max: u64,
+    recent: VecDeque<u64>,
 }
 
 impl SummaryAccumulator {
@@ -67,18 +83,36 @@ impl SummaryAccumulator {
         self.max = self.max.max(value);
         self.sum += u128::from(value);
         self.count += 1;
+        if self.recent.len() == PERCENTILE_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(value);
     }
 
+    /// Sorting a copy of at most [`PERCENTILE_WINDOW`] values happens only when the
+    /// stats are queried, never on the completion path.
     fn summary(&self) -> Summary {
         if self.count == 0 {
             return Summary::default();
         }
+        let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
+        sorted.sort_unstable();
         Summary {
+            count: self.count,
             min: self.min,
             avg: (self.sum / u128::from(self.count)) as u64,
             max: self.max,
+            p50: percentile(&sorted, 50),
+            p90: percentile(&sorted, 90),
+            p99: percentile(&sorted, 99),
         }
     }
+}
+
+/// Nearest-rank percentile of ascending `sorted` (not empty).
+fn percentile(sorted: &[u64], p: usize) -> u64 {
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank - 1]
 }
 
 /// The latest restore of a job.
@@ -88,6 +122,8 @@ pub struct RestoreStats {
     /// Savepoint path; None for a restore of the latest checkpoint.
     pub path: Option<String>,
     pub timestamp_ms: u64,
+    /// None for a restore of the latest checkpoint.
+    pub claim_mode: Option<ClaimMode>,
 }
 
 /// A point-in-time view of a job's statistics, with subtask names resolved.
@@ -112,6 +148,9 @@ pub struct JobStats {
     pub history: Vec<SnapshotStats>,
     /// Name of each task index used in [`SubtaskSample`].
     pub subtask_names: Vec<SubtaskRef>,
+    pub failed_by_reason: BTreeMap<FailureReason, u64>,
+    pub periodic_savepoints_skipped: u64,
+    pub last_skip_reason: Option<String>,
 }
 
 /// Counters and bounded history of a job's finished snapshots.
@@ -130,6 +169,9 @@ pub struct StatsTracker {
     latest_restore: Option<RestoreStats>,
     duration: SummaryAccumulator,
     size: SummaryAccumulator,
+    failed_by_reason: BTreeMap<FailureReason, u64>,
+    periodic_savepoints_skipped: u64,
+    last_skip_reason: Option<String>,
 }
 
 impl StatsTracker {
@@ -148,6 +190,9 @@ impl StatsTracker {
             latest_restore: None,
             duration: SummaryAccumulator::default(),
             size: SummaryAccumulator::default(),
+            failed_by_reason: BTreeMap::new(),
+            periodic_savepoints_skipped: 0,
+            last_skip_reason: None,
         }
     }
 
@@ -162,6 +207,9 @@ impl StatsTracker {
             }
             SnapshotStatus::Failed => {
                 self.failed += 1;
+                if let Some(failure) = &stats.failure {
+                    *self.failed_by_reason.entry(failure.reason).or_default() += 1;
+                }
                 self.latest_failed = Some(stats.clone());
             }
             SnapshotStatus::InProgress => {}
@@ -185,6 +233,12 @@ impl StatsTracker {
         if newer {
             self.latest_completed = Some(stats);
         }
+    }
+
+    /// A periodic savepoint that was due but not taken, and why.
+    pub fn record_skip(&mut self, reason: String) {
+        self.periodic_savepoints_skipped += 1;
+        self.last_skip_reason = Some(reason);
     }
 
     pub fn record_restore(&mut self, restore: RestoreStats) {
@@ -223,6 +277,40 @@ impl StatsTracker {
             state_size_bytes: self.size.summary(),
             history: in_progress,
             subtask_names,
+            failed_by_reason: self.failed_by_reason.clone(),
+            periodic_savepoints_skipped: self.periodic_savepoints_skipped,
+            last_skip_reason: self.last_skip_reason.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_has_nearest_rank_percentiles() {
+        let mut acc = SummaryAccumulator::default();
+        for value in (1..=100).rev() {
+            acc.add(value);
+        }
+        let summary = acc.summary();
+        assert_eq!(
+            (summary.count, summary.min, summary.avg, summary.max),
+            (100, 1, 50, 100)
+        );
+        assert_eq!((summary.p50, summary.p90, summary.p99), (50, 90, 99));
+    }
+
+    #[test]
+    fn percentiles_cover_the_recent_window_only() {
+        let mut acc = SummaryAccumulator::default();
+        acc.add(1_000_000);
+        for _ in 0..PERCENTILE_WINDOW {
+            acc.add(7);
+        }
+        let summary = acc.summary();
+        assert_eq!(summary.max, 1_000_000, "max is over every snapshot");
+        assert_eq!(summary.p99, 7, "the old outlier left the window");
     }
 }

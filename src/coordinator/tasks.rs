@@ -109,6 +109,18 @@ impl TaskTable {
         self.by_attempt.get(&attempt).copied()
     }
 
+    /// Every task manager hosting a current attempt of the job, each once, in name order.
+    pub fn task_managers(&self) -> Vec<TaskManagerId> {
+        let mut tms: Vec<TaskManagerId> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.task_manager.clone())
+            .collect();
+        tms.sort();
+        tms.dedup();
+        tms
+    }
+
     pub fn task_manager_of(&self, attempt: AttemptId) -> Option<&TaskManagerId> {
         let index = self.index_of_attempt(attempt)?;
         self.slots[index as usize].task_manager.as_ref()

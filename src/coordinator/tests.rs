@@ -11,8 +11,8 @@ use super::gateway::{RecordingGateway, TaskMessage};
 use super::id_counter::SharedIdCounter;
 use super::model::{
     AttemptId, CheckpointId, CheckpointPolicy, CompletedSnapshot, FailureReason, JobId, JobSpec,
-    JobStatus, KeyGroupRange, SnapshotKind, StateData, StateHandle, SubtaskRef, SubtaskState,
-    TaskManagerId, TaskState, VertexSpec, VertexState,
+    JobStatus, KeyGroupRange, PostSnapshotAction, SavepointTrigger, SnapshotKind, StateData,
+    StateHandle, SubtaskRef, SubtaskState, TaskManagerId, TaskState, VertexSpec, VertexState,
 };
 use super::restore::SubtaskAssignment;
 use super::stats::{JobStats, SnapshotStatus};
@@ -87,6 +87,7 @@ fn spec(job: &str, vertices: &[(&str, u32)], policy: CheckpointPolicy) -> JobSpe
         commit_vertices: Vec::new(),
         policy,
         savepoint_dir: None,
+        savepoint_policy: Default::default(),
     }
 }
 
@@ -178,6 +179,8 @@ enum Sent {
     Trigger(&'static str, u64, u64),
     Notify(&'static str, u64, u64),
     Abort(&'static str, u64, u64, FailureReason),
+    /// JobStatusChanged: (task manager, status, failing).
+    Status(&'static str, JobStatus, bool),
 }
 
 fn digest(messages: Vec<(TaskManagerId, TaskMessage)>) -> Vec<Sent> {
@@ -206,6 +209,9 @@ fn digest(messages: Vec<(TaskManagerId, TaskMessage)>) -> Vec<Sent> {
                     failure,
                     ..
                 } => Sent::Abort(to, checkpoint_id.0, attempt_id.0, failure.reason),
+                TaskMessage::JobStatusChanged {
+                    status, failing, ..
+                } => Sent::Status(to, status, failing),
             }
         })
         .collect()
@@ -224,6 +230,14 @@ fn notified(id: u64) -> Vec<Sent> {
     ALL.iter()
         .map(|a| Sent::Notify(tm_of(*a), id, a.0))
         .collect()
+}
+
+/// JobStatusChanged to both task managers of the (running) standard job.
+fn marked_failing(failing: bool) -> Vec<Sent> {
+    vec![
+        Sent::Status("tm-a", JobStatus::Running, failing),
+        Sent::Status("tm-b", JobStatus::Running, failing),
+    ]
 }
 
 /// AbortCheckpoint for `attempts`, in that order.
@@ -290,6 +304,7 @@ impl Harness {
             checkpoints: memory.clone(),
             savepoints: memory.clone(),
             owned_state: memory.clone(),
+            operations: memory.clone(),
         };
         Harness::on(stores, Some(memory))
     }
@@ -630,6 +645,8 @@ async fn checkpoint_triggers_sources_and_confirms_to_every_task_after_the_last_a
         timestamp_ms: START_MS,
         kind: SnapshotKind::Checkpoint,
         location: location.clone(),
+        action: PostSnapshotAction::None,
+        full: false,
         fencing_token: h.token,
     };
     assert_eq!(
@@ -693,6 +710,7 @@ async fn checkpoint_triggers_sources_and_confirms_to_every_task_after_the_last_a
             trigger_timestamp_ms: START_MS,
             completion_timestamp_ms: START_MS + 10,
             vertices: standard_vertices(|a| state(a, &location)),
+            claimed_path: None,
         }]
     );
 
@@ -872,7 +890,9 @@ async fn checkpoint_expires_after_its_timeout_and_discards_the_partial_state() {
     sleep_ms(2).await;
     let message = expect_failure(handle.wait().await, FailureReason::Expired);
     assert!(message.contains("2 of 5"), "{message}");
-    assert_eq!(h.sent(), aborted(1, FailureReason::Expired, &ALL));
+    let mut expected = aborted(1, FailureReason::Expired, &ALL);
+    expected.extend(marked_failing(true));
+    assert_eq!(h.sent(), expected, "no failure is tolerated by default");
     settle().await;
     let mut discarded = h.discarded();
     discarded.sort();
@@ -1314,6 +1334,8 @@ async fn savepoint_is_stored_under_the_target_directory_with_exactly_the_acked_s
         timestamp_ms: START_MS,
         kind: SnapshotKind::Savepoint,
         location: path.clone(),
+        action: PostSnapshotAction::None,
+        full: true,
         fencing_token: h.token,
     };
     assert_eq!(
@@ -1349,6 +1371,7 @@ async fn savepoint_is_stored_under_the_target_directory_with_exactly_the_acked_s
             trigger_timestamp_ms: START_MS,
             completion_timestamp_ms: START_MS + 20,
             vertices: standard_vertices(|a| state(a, &path)),
+            claimed_path: None,
         }
     );
     let listed = h.stores.savepoints.list(&job_id(JOB)).await.unwrap();
@@ -1619,7 +1642,9 @@ async fn a_declined_checkpoint_starts_no_other_snapshot() {
     assert!(h.decline(1, SRC1, "barrier alignment failed"));
     let message = expect_failure(handle.wait().await, FailureReason::Declined);
     assert!(message.contains("barrier alignment failed"), "{message}");
-    assert_eq!(h.sent(), aborted(1, FailureReason::Declined, &ALL));
+    let mut expected = aborted(1, FailureReason::Declined, &ALL);
+    expected.extend(marked_failing(true));
+    assert_eq!(h.sent(), expected);
 
     sleep_ms(3_600_000).await;
     assert_eq!(h.sent(), vec![], "nothing was triggered after the decline");
@@ -1719,9 +1744,15 @@ async fn consecutive_checkpoint_failures_beyond_the_tolerable_number_mark_the_jo
     assert_eq!(figures(&h), (1, false), "one failure is tolerated");
 
     let declined = h.checkpoint().await;
+    h.sent();
     h.decline(declined.checkpoint_id.0, MAP0, "no");
     expect_failure(declined.wait().await, FailureReason::Declined);
     assert_eq!(figures(&h), (2, true), "the second in a row is not");
+    assert_eq!(
+        status_events(&h),
+        marked_failing(true),
+        "task managers hear that the job is failing"
+    );
 
     let savepoint = h.savepoint().await;
     h.decline(savepoint.checkpoint_id.0, MAP0, "no");
@@ -1743,6 +1774,15 @@ async fn consecutive_checkpoint_failures_beyond_the_tolerable_number_mark_the_jo
     }
     success.wait().await.unwrap();
     assert_eq!(figures(&h), (0, false), "a success resets the count");
+    assert_eq!(status_events(&h), marked_failing(false));
+}
+
+/// The JobStatusChanged messages sent since the last look.
+fn status_events(h: &Harness) -> Vec<Sent> {
+    h.sent()
+        .into_iter()
+        .filter(|sent| matches!(sent, Sent::Status(..)))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1941,9 +1981,14 @@ impl SavepointStore for HangingWrites {
         self.0.savepoint_path(target_dir, job, id)
     }
 
-    async fn write(&self, target_dir: &str, snapshot: &CompletedSnapshot) -> StoreResult<String> {
+    async fn write(
+        &self,
+        target_dir: &str,
+        snapshot: &CompletedSnapshot,
+        trigger: SavepointTrigger,
+    ) -> StoreResult<String> {
         self.stall().await;
-        self.0.write(target_dir, snapshot).await
+        self.0.write(target_dir, snapshot, trigger).await
     }
 
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
@@ -1954,7 +1999,7 @@ impl SavepointStore for HangingWrites {
         self.0.list(job).await
     }
 
-    async fn dispose(&self, path: &str) -> StoreResult<()> {
+    async fn dispose(&self, path: &str) -> StoreResult<bool> {
         self.0.dispose(path).await
     }
 }
@@ -1995,6 +2040,7 @@ async fn started_with_slow_writes(policy: CheckpointPolicy, delay: Option<Durati
         checkpoints: hanging.clone(),
         savepoints: hanging,
         owned_state: memory.clone(),
+        operations: memory.clone(),
     };
     let mut h = Harness::on(stores, Some(memory));
     h.register(standard_spec(JOB, policy)).await;

@@ -293,6 +293,7 @@ pub fn job_spec(request: proto::RegisterJobRequest) -> Result<JobSpec, Status> {
         })
         .collect::<Result<Vec<_>, Status>>()?;
     let policy = request.policy.unwrap_or_default();
+    let savepoints = request.savepoint_policy.unwrap_or_default();
     let savepoint_dir = Some(request.savepoint_dir).filter(|dir| !dir.trim().is_empty());
     Ok(JobSpec {
         job_id: job,
@@ -309,7 +310,105 @@ pub fn job_spec(request: proto::RegisterJobRequest) -> Result<JobSpec, Status> {
             tolerable_failures: policy.tolerable_failures,
         },
         savepoint_dir,
+        savepoint_policy: model::SavepointPolicy {
+            interval: (savepoints.interval_ms > 0)
+                .then(|| Duration::from_millis(savepoints.interval_ms)),
+            cron: Some(savepoints.cron).filter(|cron| !cron.trim().is_empty()),
+            max_retained: savepoints.max_retained,
+            max_age: (savepoints.max_age_ms > 0)
+                .then(|| Duration::from_millis(savepoints.max_age_ms)),
+        },
     })
+}
+
+/// Decodes a claim mode; unspecified means NO_CLAIM.
+pub fn claim_mode(field: &str, value: i32) -> Result<model::ClaimMode, Status> {
+    match proto::ClaimMode::try_from(value) {
+        Ok(proto::ClaimMode::Unspecified | proto::ClaimMode::NoClaim) => {
+            Ok(model::ClaimMode::NoClaim)
+        }
+        Ok(proto::ClaimMode::Claim) => Ok(model::ClaimMode::Claim),
+        Err(_) => Err(invalid(format!("{field} {value} is not a ClaimMode value"))),
+    }
+}
+
+fn claim_mode_to_proto(mode: model::ClaimMode) -> proto::ClaimMode {
+    match mode {
+        model::ClaimMode::NoClaim => proto::ClaimMode::NoClaim,
+        model::ClaimMode::Claim => proto::ClaimMode::Claim,
+    }
+}
+
+/// An optional idempotency key: empty means "not given"; the core checks its shape.
+pub fn optional_request_id(value: String) -> Option<String> {
+    Some(value).filter(|id| !id.is_empty())
+}
+
+pub fn savepoint_trigger_to_proto(trigger: model::SavepointTrigger) -> proto::SavepointTrigger {
+    match trigger {
+        model::SavepointTrigger::Manual => proto::SavepointTrigger::Manual,
+        model::SavepointTrigger::Periodic => proto::SavepointTrigger::Periodic,
+        model::SavepointTrigger::Stop => proto::SavepointTrigger::Stop,
+    }
+}
+
+fn post_snapshot_action_to_proto(action: model::PostSnapshotAction) -> proto::PostSnapshotAction {
+    match action {
+        model::PostSnapshotAction::None => proto::PostSnapshotAction::None,
+        model::PostSnapshotAction::Stop => proto::PostSnapshotAction::Stop,
+        model::PostSnapshotAction::Drain => proto::PostSnapshotAction::Drain,
+    }
+}
+
+/// Encodes a savepoint operation.
+pub fn operation_to_proto(operation: model::SavepointOperation) -> proto::SavepointOperation {
+    let mut encoded = proto::SavepointOperation {
+        operation_id: operation.operation_id,
+        job_id: operation.job_id.as_str().to_string(),
+        status: proto::OperationStatus::Pending.into(),
+        checkpoint_id: operation.checkpoint_id.0,
+        trigger: savepoint_trigger_to_proto(operation.trigger).into(),
+        path: operation.path,
+        trigger_timestamp_ms: operation.trigger_timestamp_ms,
+        drain: operation.drain,
+        ..Default::default()
+    };
+    match operation.outcome {
+        model::OperationOutcome::Pending => {}
+        model::OperationOutcome::Completed {
+            completion_timestamp_ms,
+            state_size_bytes,
+        } => {
+            encoded.status = proto::OperationStatus::Completed.into();
+            encoded.completion_timestamp_ms = completion_timestamp_ms;
+            encoded.state_size_bytes = state_size_bytes;
+        }
+        model::OperationOutcome::Failed {
+            completion_timestamp_ms,
+            failure,
+        } => {
+            encoded.status = proto::OperationStatus::Failed.into();
+            encoded.completion_timestamp_ms = completion_timestamp_ms;
+            encoded.failure_reason = failure_reason_to_proto(failure.reason).into();
+            encoded.failure_message = failure.message;
+        }
+    }
+    encoded.duration_ms = encoded
+        .completion_timestamp_ms
+        .saturating_sub(encoded.trigger_timestamp_ms);
+    encoded
+}
+
+/// Encodes an entry of a job's savepoint history.
+pub fn savepoint_info_to_proto(record: crate::store::SavepointRecord) -> proto::SavepointInfo {
+    proto::SavepointInfo {
+        checkpoint_id: record.checkpoint_id.0,
+        path: record.path,
+        trigger: savepoint_trigger_to_proto(record.trigger).into(),
+        trigger_timestamp_ms: record.trigger_timestamp_ms,
+        completion_timestamp_ms: record.completion_timestamp_ms,
+        state_size_bytes: record.state_size_bytes,
+    }
 }
 
 /// An optional directory field: empty or blank means "not given".
@@ -438,6 +537,8 @@ pub fn task_message_to_proto(message: TaskMessage) -> proto::CoordinatorMessage 
             timestamp_ms,
             kind,
             location,
+            action,
+            full,
             fencing_token,
         } => Message::TriggerCheckpoint(proto::TriggerCheckpoint {
             job_id: job_id.as_str().to_string(),
@@ -447,6 +548,8 @@ pub fn task_message_to_proto(message: TaskMessage) -> proto::CoordinatorMessage 
             kind: snapshot_kind_to_proto(kind).into(),
             fencing_token,
             location,
+            action: post_snapshot_action_to_proto(action).into(),
+            full,
         }),
         TaskMessage::NotifyCheckpointComplete {
             job_id,
@@ -471,6 +574,19 @@ pub fn task_message_to_proto(message: TaskMessage) -> proto::CoordinatorMessage 
             attempt_id: attempt_id.0,
             reason: failure_reason_to_proto(failure.reason).into(),
             message: failure.message,
+            fencing_token,
+        }),
+        TaskMessage::JobStatusChanged {
+            job_id,
+            status,
+            failing,
+            message,
+            fencing_token,
+        } => Message::JobStatusChanged(proto::JobStatusChanged {
+            job_id: job_id.as_str().to_string(),
+            status: job_status_to_proto(status).into(),
+            failing,
+            message,
             fencing_token,
         }),
     };
@@ -520,6 +636,13 @@ pub fn job_stats_to_proto(stats: JobStats) -> proto::GetCheckpointStatsResponse 
         history: stats.history.into_iter().map(snapshot).collect(),
         job_status: job_status_to_proto(stats.job_status).into(),
         failing: stats.failing,
+        periodic_savepoints_skipped: stats.periodic_savepoints_skipped,
+        last_skip_reason: stats.last_skip_reason.unwrap_or_default(),
+        failed_by_reason: stats
+            .failed_by_reason
+            .into_iter()
+            .map(|(reason, count)| (reason.as_str().to_string(), count))
+            .collect(),
     }
 }
 
@@ -550,6 +673,14 @@ fn snapshot_stats_to_proto(
             .iter()
             .map(|sample| subtask_stats_to_proto(sample, subtask_names))
             .collect(),
+        trigger: stats
+            .trigger
+            .map_or(
+                proto::SavepointTrigger::Unspecified,
+                savepoint_trigger_to_proto,
+            )
+            .into(),
+        full: stats.full,
     }
 }
 
@@ -573,6 +704,10 @@ fn restore_stats_to_proto(restore: RestoreStats) -> proto::RestoreStats {
         checkpoint_id: restore.checkpoint_id.0,
         path: restore.path.unwrap_or_default(),
         timestamp_ms: restore.timestamp_ms,
+        claim_mode: restore
+            .claim_mode
+            .map_or(proto::ClaimMode::Unspecified, claim_mode_to_proto)
+            .into(),
     }
 }
 
@@ -581,6 +716,10 @@ fn summary_to_proto(summary: Summary) -> proto::Summary {
         min: summary.min,
         avg: summary.avg,
         max: summary.max,
+        p50: summary.p50,
+        p90: summary.p90,
+        p99: summary.p99,
+        count: summary.count,
     }
 }
 
@@ -854,7 +993,12 @@ mod tests {
                     ack_latency_ms: 9,
                     state_size_bytes: 5,
                 }],
+                trigger: Some(model::SavepointTrigger::Manual),
+                full: true,
             }],
+            failed_by_reason: [(FailureReason::Declined, 1)].into(),
+            periodic_savepoints_skipped: 0,
+            last_skip_reason: None,
             subtask_names: vec![
                 model::SubtaskRef {
                     vertex_id: "src".into(),

@@ -34,7 +34,7 @@ impl From<CoreError> for Status {
 pub fn core_error_code(error: &CoreError) -> Code {
     match error {
         CoreError::JobNotFound(_) | CoreError::NotFound(_) => Code::NotFound,
-        CoreError::JobAlreadyExists(_) => Code::AlreadyExists,
+        CoreError::JobAlreadyExists(_) | CoreError::AlreadyExists(_) => Code::AlreadyExists,
         CoreError::InvalidArgument(_) => Code::InvalidArgument,
         CoreError::TriggerRefused { failure, .. } => refusal_code(failure.reason),
         CoreError::FailedPrecondition(_) | CoreError::StaleFencingToken { .. } => {

@@ -7,8 +7,10 @@
 
 use super::convert;
 use super::error::snapshot_failure_status;
-use crate::coordinator::model::{JobId, SnapshotKind};
-use crate::coordinator::{Coordinator, SnapshotHandle, SnapshotSuccess};
+use crate::coordinator::model::{
+    CheckpointId, JobId, OperationOutcome, SavepointOperation, SnapshotFailure, SnapshotKind,
+};
+use crate::coordinator::{Coordinator, SavepointRequest, SnapshotHandle, SnapshotSuccess};
 use crate::proto;
 use crate::proto::savepoint_service_server::SavepointService;
 use std::time::Duration;
@@ -48,6 +50,41 @@ fn wait_until(metadata: &MetadataMap, received: Instant) -> Option<Instant> {
     Some(received + deadline.saturating_sub(answer_margin(deadline)))
 }
 
+/// The answer when the client's deadline comes before the snapshot's outcome.
+fn still_running(kind: SnapshotKind, checkpoint_id: CheckpointId, job_id: &JobId) -> Status {
+    tracing::info!("client deadline reached; {kind} continues in the background");
+    Status::deadline_exceeded(format!(
+        "{kind} {checkpoint_id} of job {job_id} did not finish within the call's deadline; it \
+         continues in the background and its outcome appears in GetCheckpointStats (and, \
+         for savepoints, GetSavepointOperation)"
+    ))
+}
+
+fn failed(
+    kind: SnapshotKind,
+    job_id: &JobId,
+    checkpoint_id: CheckpointId,
+    failure: &SnapshotFailure,
+) -> Status {
+    tracing::info!(
+        reason = failure.reason.as_str(),
+        "{kind} failed: {}",
+        failure.message
+    );
+    snapshot_failure_status(kind, job_id, checkpoint_id, failure)
+}
+
+/// Encodes a savepoint operation as the answer of TriggerSavepoint / StopWithSavepoint.
+fn savepoint_response(operation: SavepointOperation) -> proto::TriggerSavepointResponse {
+    let encoded = convert::operation_to_proto(operation);
+    proto::TriggerSavepointResponse {
+        checkpoint_id: encoded.checkpoint_id,
+        path: encoded.path,
+        operation_id: encoded.operation_id,
+        status: encoded.status,
+    }
+}
+
 /// Waits for a triggered snapshot until `until`; failure and expiry become statuses.
 async fn wait_for(
     handle: SnapshotHandle,
@@ -60,24 +97,60 @@ async fn wait_for(
         None => handle.wait().await,
         Some(until) => match tokio::time::timeout_at(until, handle.wait()).await {
             Ok(outcome) => outcome,
-            Err(_) => {
-                tracing::info!("client deadline reached; {kind} continues in the background");
-                return Err(Status::deadline_exceeded(format!(
-                    "{kind} {checkpoint_id} of job {job_id} did not finish within the call's \
-                     deadline; it continues in the background and its outcome appears in \
-                     GetCheckpointStats"
-                )));
-            }
+            Err(_) => return Err(still_running(kind, checkpoint_id, job_id)),
         },
     };
-    outcome.map_err(|failure| {
-        tracing::info!(
-            reason = failure.reason.as_str(),
-            "{kind} failed: {}",
-            failure.message
+    outcome.map_err(|failure| failed(kind, job_id, checkpoint_id, &failure))
+}
+
+impl SavepointRpc {
+    /// Starts (or finds, for a repeated request id) a savepoint operation and, unless
+    /// detached, waits for its outcome until `until`.
+    async fn savepoint(
+        &self,
+        job_id: JobId,
+        request: SavepointRequest,
+        detach: bool,
+        until: Option<Instant>,
+    ) -> Result<Response<proto::TriggerSavepointResponse>, Status> {
+        let started = self.coordinator.savepoint(job_id.as_str(), request).await?;
+        let operation = started.operation;
+        let span = tracing::info_span!(
+            "savepoint",
+            job_id = %job_id,
+            checkpoint_id = %operation.checkpoint_id,
+            operation_id = %operation.operation_id
         );
-        snapshot_failure_status(kind, job_id, checkpoint_id, &failure)
-    })
+        if detach {
+            return Ok(Response::new(savepoint_response(operation)));
+        }
+        let waiting = self
+            .coordinator
+            .wait_operation(job_id.as_str(), &operation.operation_id)
+            .instrument(span);
+        let finished = match until {
+            None => waiting.await?,
+            Some(until) => match tokio::time::timeout_at(until, waiting).await {
+                Ok(finished) => finished?,
+                Err(_) => {
+                    return Err(still_running(
+                        SnapshotKind::Savepoint,
+                        operation.checkpoint_id,
+                        &job_id,
+                    ));
+                }
+            },
+        };
+        if let OperationOutcome::Failed { failure, .. } = &finished.outcome {
+            return Err(failed(
+                SnapshotKind::Savepoint,
+                &job_id,
+                finished.checkpoint_id,
+                failure,
+            ));
+        }
+        Ok(Response::new(savepoint_response(finished)))
+    }
 }
 
 #[tonic::async_trait]
@@ -111,21 +184,70 @@ impl SavepointService for SavepointRpc {
         let until = wait_until(request.metadata(), Instant::now());
         let request = request.into_inner();
         let job_id = convert::job_id("job_id", &request.job_id)?;
-        let target = convert::optional_directory(request.target_directory);
-        let handle = self
+        let savepoint = SavepointRequest {
+            request_id: convert::optional_request_id(request.request_id),
+            ..SavepointRequest::manual(convert::optional_directory(request.target_directory))
+        };
+        self.savepoint(job_id, savepoint, request.detach, until)
+            .await
+    }
+
+    async fn stop_with_savepoint(
+        &self,
+        request: Request<proto::StopWithSavepointRequest>,
+    ) -> Result<Response<proto::TriggerSavepointResponse>, Status> {
+        let until = wait_until(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        let job_id = convert::job_id("job_id", &request.job_id)?;
+        let savepoint = SavepointRequest {
+            request_id: convert::optional_request_id(request.request_id),
+            ..SavepointRequest::stop(
+                convert::optional_directory(request.target_directory),
+                request.drain,
+            )
+        };
+        self.savepoint(job_id, savepoint, request.detach, until)
+            .await
+    }
+
+    async fn get_savepoint_operation(
+        &self,
+        request: Request<proto::GetSavepointOperationRequest>,
+    ) -> Result<Response<proto::SavepointOperation>, Status> {
+        let request = request.into_inner();
+        let job_id = convert::job_id("job_id", &request.job_id)?;
+        if request.operation_id.is_empty() {
+            return Err(Status::invalid_argument("operation_id must not be empty"));
+        }
+        let operation = self
             .coordinator
-            .trigger_savepoint(job_id.as_str(), target)
-            .await?;
-        let checkpoint_id = handle.checkpoint_id;
-        let planned_path = handle.path.clone();
-        let span =
-            tracing::info_span!("savepoint", job_id = %job_id, checkpoint_id = %checkpoint_id);
-        let success = wait_for(handle, SnapshotKind::Savepoint, &job_id, until)
-            .instrument(span)
-            .await?;
-        Ok(Response::new(proto::TriggerSavepointResponse {
-            checkpoint_id: checkpoint_id.0,
-            path: success.path.or(planned_path).unwrap_or_default(),
+            .operation(job_id.as_str(), &request.operation_id)?;
+        Ok(Response::new(convert::operation_to_proto(operation)))
+    }
+
+    async fn dispose_savepoint(
+        &self,
+        request: Request<proto::DisposeSavepointRequest>,
+    ) -> Result<Response<proto::DisposeSavepointResponse>, Status> {
+        let path = request.into_inner().path;
+        if path.trim().is_empty() {
+            return Err(Status::invalid_argument("path must not be empty"));
+        }
+        let existed = self.coordinator.dispose_savepoint(&path).await?;
+        Ok(Response::new(proto::DisposeSavepointResponse { existed }))
+    }
+
+    async fn list_savepoints(
+        &self,
+        request: Request<proto::ListSavepointsRequest>,
+    ) -> Result<Response<proto::ListSavepointsResponse>, Status> {
+        let job_id = convert::job_id("job_id", &request.into_inner().job_id)?;
+        let savepoints = self.coordinator.list_savepoints(job_id.as_str()).await?;
+        Ok(Response::new(proto::ListSavepointsResponse {
+            savepoints: savepoints
+                .into_iter()
+                .map(convert::savepoint_info_to_proto)
+                .collect(),
         }))
     }
 
@@ -138,12 +260,14 @@ impl SavepointService for SavepointRpc {
         if request.path.trim().is_empty() {
             return Err(Status::invalid_argument("path must not be empty"));
         }
+        let claim_mode = convert::claim_mode("claim_mode", request.claim_mode)?;
         let restored = self
             .coordinator
-            .restore_savepoint(
+            .restore_savepoint_with(
                 job_id.as_str(),
                 &request.path,
                 request.allow_non_restored_state,
+                claim_mode,
             )
             .await?;
         Ok(Response::new(convert::restore_response(restored)))

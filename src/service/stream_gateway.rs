@@ -136,8 +136,8 @@ impl TaskGateway for StreamRegistry {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 task_manager = %task_manager,
-                checkpoint_id = %message.checkpoint_id(),
-                attempt_id = %message.attempt_id(),
+                checkpoint_id = ?message.checkpoint_id(),
+                attempt_id = ?message.attempt_id(),
                 "message to task manager dropped: it is not connected"
             );
             return;
@@ -148,7 +148,7 @@ impl TaskGateway for StreamRegistry {
             &sender,
             convert::task_message_to_proto(message),
         ) {
-            tracing::debug!(task_manager = %task_manager, %checkpoint_id, "undelivered message belonged to this checkpoint");
+            tracing::debug!(task_manager = %task_manager, ?checkpoint_id, "undelivered message belonged to this checkpoint");
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum RecordKind {
     IdCounter = 2,
     Checkpoint = 3,
     Savepoint = 4,
+    Operation = 5,
+    SavepointIndex = 6,
 }
 
 impl RecordKind {
@@ -31,6 +33,8 @@ impl RecordKind {
             2 => RecordKind::IdCounter,
             3 => RecordKind::Checkpoint,
             4 => RecordKind::Savepoint,
+            5 => RecordKind::Operation,
+            6 => RecordKind::SavepointIndex,
             _ => return None,
         })
     }

@@ -5,7 +5,8 @@
 //! jobs/<job>/job.rec                       registration (spec, status, fencing token)
 //! jobs/<job>/ids.rec                       next free checkpoint id
 //! jobs/<job>/checkpoints/chk-<id>.rec      retained completed checkpoints
-//! jobs/<job>/savepoints/sp-<id>.rec        savepoint index (path, times, size)
+//! jobs/<job>/savepoints/sp-<id>.rec        savepoint index (path, times, size, trigger)
+//! jobs/<job>/operations/<operation>.rec     savepoint operations
 //! checkpoints/<job>/chk-<id>/              where tasks write checkpoint state (owned)
 //! ```
 //! Savepoints live outside the data directory, in `<target>/savepoint-<job>-<id>/_metadata`.
@@ -17,11 +18,15 @@
 
 use super::codec::{self, RecordKind};
 use super::{
-    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, OwnedStateStore,
+    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, OperationStore, OwnedStateStore,
     SavepointRecord, SavepointStore, StoreError, StoreResult, savepoint_dir_name,
 };
-use crate::coordinator::model::{CheckpointId, CompletedSnapshot, JobId, StateData, StateHandle};
+use crate::coordinator::model::{
+    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateData,
+    StateHandle, validate_name,
+};
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs::{self, File, OpenOptions};
@@ -99,6 +104,17 @@ impl Inner {
             .join(format!("sp-{:020}.rec", id.0))
     }
 
+    fn operation_record(&self, job: &JobId, operation_id: &str) -> StoreResult<PathBuf> {
+        validate_name(operation_id).map_err(|e| StoreError::InvalidLocation {
+            location: operation_id.to_string(),
+            detail: format!("operation id {e}"),
+        })?;
+        Ok(self
+            .job_dir(job)
+            .join("operations")
+            .join(format!("{operation_id}.rec")))
+    }
+
     fn checkpoint_dir(&self, job: &JobId, id: CheckpointId) -> PathBuf {
         self.root
             .join("checkpoints")
@@ -158,6 +174,14 @@ impl Inner {
         }
         Ok(temp)
     }
+}
+
+/// A savepoint index file: the record, and whether the savepoint is being disposed of
+/// (set before any file is deleted, so an interrupted disposal is finished later).
+#[derive(Serialize, Deserialize)]
+struct IndexEntry {
+    record: SavepointRecord,
+    retired: bool,
 }
 
 /// Fsyncs the directory holding `path`, so a rename or link in it is durable.
@@ -398,7 +422,12 @@ impl SavepointStore for FsStore {
             .into_owned())
     }
 
-    async fn write(&self, target_dir: &str, snapshot: &CompletedSnapshot) -> StoreResult<String> {
+    async fn write(
+        &self,
+        target_dir: &str,
+        snapshot: &CompletedSnapshot,
+        trigger: SavepointTrigger,
+    ) -> StoreResult<String> {
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
         let snapshot = snapshot.clone();
         self.blocking(move |inner| {
@@ -417,9 +446,14 @@ impl SavepointStore for FsStore {
                 trigger_timestamp_ms: snapshot.trigger_timestamp_ms,
                 completion_timestamp_ms: snapshot.completion_timestamp_ms,
                 state_size_bytes: snapshot.state_size_bytes(),
+                trigger,
             };
             let index = inner.savepoint_record(&snapshot.job_id, snapshot.checkpoint_id);
-            write_record(inner, RecordKind::Savepoint, &index, &record)?;
+            let entry = IndexEntry {
+                record,
+                retired: false,
+            };
+            write_record(inner, RecordKind::SavepointIndex, &index, &entry)?;
             Ok(path)
         })
         .await
@@ -442,22 +476,18 @@ impl SavepointStore for FsStore {
     async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>> {
         let job = job.clone();
         self.blocking(move |inner| {
-            let dir = inner.job_dir(&job).join("savepoints");
-            let mut records = Vec::new();
-            for path in record_files(&dir, "sp-")? {
-                // The index entry is written after the metadata, so it only names
-                // savepoints that were complete.
-                if let Some(record) = read_record::<SavepointRecord>(RecordKind::Savepoint, &path)?
-                {
-                    records.push(record);
-                }
-            }
-            Ok(records)
+            // The index entry is written after the metadata, so it only names savepoints
+            // that were complete.
+            Ok(index_entries(inner, &job)?
+                .into_iter()
+                .filter(|(_, entry)| !entry.retired)
+                .map(|(_, entry)| entry.record)
+                .collect())
         })
         .await
     }
 
-    async fn dispose(&self, path: &str) -> StoreResult<()> {
+    async fn dispose(&self, path: &str) -> StoreResult<bool> {
         let mut dir = absolute_dir(path)?;
         if dir.file_name().is_some_and(|n| n == METADATA_FILE) {
             dir.pop();
@@ -470,16 +500,119 @@ impl SavepointStore for FsStore {
                 location: path.to_string(),
                 detail: "not a savepoint directory (savepoint-<job>-<id>)".to_string(),
             })?;
+        self.blocking(move |inner| dispose_savepoint(inner, &job, id, &dir))
+            .await
+    }
+
+    async fn resume_disposals(&self, job: &JobId) -> StoreResult<u64> {
+        let job = job.clone();
         self.blocking(move |inner| {
-            // Index entry first, then the metadata: a crash in between leaves an unlisted
-            // directory, never a listed savepoint without metadata.
-            remove_file_if_exists(&inner.savepoint_record(&job, id))?;
-            remove_file_if_exists(&dir.join(METADATA_FILE))?;
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => sync_parent(&dir),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StoreError::io("removing", dir.display(), e)),
+            let mut resumed = 0;
+            for (_, entry) in index_entries(inner, &job)? {
+                if entry.retired {
+                    let dir = PathBuf::from(&entry.record.path);
+                    dispose_savepoint(inner, &job, entry.record.checkpoint_id, &dir)?;
+                    resumed += 1;
+                }
             }
+            Ok(resumed)
+        })
+        .await
+    }
+}
+
+/// The job's savepoint index entries, ascending by id.
+fn index_entries(inner: &Inner, job: &JobId) -> StoreResult<Vec<(PathBuf, IndexEntry)>> {
+    let dir = inner.job_dir(job).join("savepoints");
+    let mut entries = Vec::new();
+    for path in record_files(&dir, "sp-")? {
+        if let Some(entry) = read_record::<IndexEntry>(RecordKind::SavepointIndex, &path)? {
+            entries.push((path, entry));
+        }
+    }
+    Ok(entries)
+}
+
+/// Disposal in crash-safe order: mark the index entry retired, delete the metadata (it
+/// is no longer a savepoint), delete the directory, drop the index entry.
+fn dispose_savepoint(
+    inner: &Inner,
+    job: &JobId,
+    id: CheckpointId,
+    dir: &Path,
+) -> StoreResult<bool> {
+    let index = inner.savepoint_record(job, id);
+    let mut existed = false;
+    match read_record::<IndexEntry>(RecordKind::SavepointIndex, &index) {
+        Ok(Some(mut entry)) => {
+            existed = true;
+            if !entry.retired {
+                entry.retired = true;
+                write_record(inner, RecordKind::SavepointIndex, &index, &entry)?;
+            }
+        }
+        Ok(None) => {}
+        // An unreadable entry is replaced by the removal below.
+        Err(StoreError::Corrupted { .. }) => existed = true,
+        Err(error) => return Err(error),
+    }
+    let metadata = dir.join(METADATA_FILE);
+    existed |= metadata.exists();
+    remove_file_if_exists(&metadata)?;
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {
+            existed = true;
+            sync_parent(dir)?;
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io("removing", dir.display(), e)),
+    }
+    remove_file_if_exists(&index)?;
+    Ok(existed)
+}
+
+#[async_trait]
+impl OperationStore for FsStore {
+    async fn save(&self, operation: &SavepointOperation) -> StoreResult<()> {
+        let operation = operation.clone();
+        self.blocking(move |inner| {
+            let path = inner.operation_record(&operation.job_id, &operation.operation_id)?;
+            write_record(inner, RecordKind::Operation, &path, &operation)
+        })
+        .await
+    }
+
+    async fn load_all(&self, job: &JobId) -> StoreResult<Vec<SavepointOperation>> {
+        let job = job.clone();
+        self.blocking(move |inner| {
+            let dir = inner.job_dir(&job).join("operations");
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(StoreError::io("listing", dir.display(), e)),
+            };
+            let mut operations = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| StoreError::io("listing", dir.display(), e))?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') || !name.ends_with(".rec") {
+                    continue;
+                }
+                if let Some(operation) = read_record(RecordKind::Operation, &entry.path())? {
+                    operations.push(operation);
+                }
+            }
+            Ok(operations)
+        })
+        .await
+    }
+
+    async fn remove(&self, job: &JobId, operation_id: &str) -> StoreResult<()> {
+        let job = job.clone();
+        let operation_id = operation_id.to_string();
+        self.blocking(move |inner| {
+            remove_file_if_exists(&inner.operation_record(&job, &operation_id)?)
         })
         .await
     }
@@ -550,6 +683,7 @@ mod tests {
             kind,
             trigger_timestamp_ms: 10,
             completion_timestamp_ms: 25,
+            claimed_path: None,
             vertices: vec![VertexState {
                 vertex_id: "src".to_string(),
                 parallelism: 1,
@@ -644,7 +778,10 @@ mod tests {
         let store = FsStore::open(data.path().to_path_buf()).unwrap();
         let sp = snapshot(7, SnapshotKind::Savepoint);
 
-        let path = store.write(target_dir, &sp).await.unwrap();
+        let path = store
+            .write(target_dir, &sp, SavepointTrigger::Manual)
+            .await
+            .unwrap();
         assert_eq!(
             PathBuf::from(&path),
             target.path().join("savepoint-job-a-7")
@@ -659,7 +796,10 @@ mod tests {
             (path.as_str(), CheckpointId(7))
         );
 
-        let again = store.write(target_dir, &sp).await.unwrap_err();
+        let again = store
+            .write(target_dir, &sp, SavepointTrigger::Manual)
+            .await
+            .unwrap_err();
         assert!(
             matches!(again, StoreError::InvalidLocation { .. }),
             "{again}"
@@ -667,10 +807,13 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(&path).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file is left behind");
 
-        store.dispose(&path).await.unwrap();
+        assert!(store.dispose(&path).await.unwrap());
         assert!(!Path::new(&path).exists());
         assert!(store.list(&job()).await.unwrap().is_empty());
-        store.dispose(&path).await.unwrap();
+        assert!(
+            !store.dispose(&path).await.unwrap(),
+            "nothing left the second time"
+        );
         assert!(matches!(
             store.dispose("/tmp/not-a-savepoint").await,
             Err(StoreError::InvalidLocation { .. })
@@ -686,6 +829,7 @@ mod tests {
             .write(
                 target.path().to_str().unwrap(),
                 &snapshot(1, SnapshotKind::Savepoint),
+                SavepointTrigger::Manual,
             )
             .await
             .unwrap();
@@ -763,13 +907,14 @@ mod tests {
             commit_vertices: vec!["src".to_string()],
             policy: Default::default(),
             savepoint_dir: Some("/savepoints".to_string()),
+            savepoint_policy: Default::default(),
         };
         let record = JobRecord {
             spec,
             status: JobStatus::Running,
             fencing_token: 3,
         };
-        store.save(&record).await.unwrap();
+        JobStore::save(&store, &record).await.unwrap();
         assert_eq!(JobStore::load_all(&store).await.unwrap(), vec![record]);
         JobStore::remove(&store, &job()).await.unwrap();
         assert!(JobStore::load_all(&store).await.unwrap().is_empty());

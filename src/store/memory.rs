@@ -3,10 +3,13 @@
 //! check what the coordinator persisted and deleted. Nothing survives the process.
 
 use super::{
-    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, OwnedStateStore,
+    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, OperationStore, OwnedStateStore,
     SavepointRecord, SavepointStore, StoreError, StoreResult, savepoint_dir_name,
 };
-use crate::coordinator::model::{CheckpointId, CompletedSnapshot, JobId, StateData, StateHandle};
+use crate::coordinator::model::{
+    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateData,
+    StateHandle,
+};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -18,8 +21,9 @@ struct Maps {
     next_ids: BTreeMap<JobId, u64>,
     jobs: BTreeMap<JobId, JobRecord>,
     checkpoints: BTreeMap<JobId, BTreeMap<CheckpointId, CompletedSnapshot>>,
-    /// Savepoint metadata by path.
-    savepoints: BTreeMap<String, CompletedSnapshot>,
+    /// Savepoint metadata and how it was triggered, by path.
+    savepoints: BTreeMap<String, (CompletedSnapshot, SavepointTrigger)>,
+    operations: BTreeMap<(JobId, String), SavepointOperation>,
     discarded: Vec<String>,
 }
 
@@ -156,7 +160,12 @@ impl SavepointStore for MemoryStore {
         Ok(format!("{target}/{}", savepoint_dir_name(job, id)))
     }
 
-    async fn write(&self, target_dir: &str, snapshot: &CompletedSnapshot) -> StoreResult<String> {
+    async fn write(
+        &self,
+        target_dir: &str,
+        snapshot: &CompletedSnapshot,
+        trigger: SavepointTrigger,
+    ) -> StoreResult<String> {
         self.check_writable()?;
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
         let mut maps = self.maps();
@@ -166,7 +175,8 @@ impl SavepointStore for MemoryStore {
                 detail: "a savepoint already exists there".to_string(),
             });
         }
-        maps.savepoints.insert(path.clone(), snapshot.clone());
+        maps.savepoints
+            .insert(path.clone(), (snapshot.clone(), trigger));
         Ok(path)
     }
 
@@ -176,7 +186,7 @@ impl SavepointStore for MemoryStore {
         self.maps()
             .savepoints
             .get(path)
-            .cloned()
+            .map(|(snapshot, _)| snapshot.clone())
             .ok_or_else(|| StoreError::NotFound {
                 what: format!("savepoint {path}"),
             })
@@ -187,24 +197,53 @@ impl SavepointStore for MemoryStore {
             .maps()
             .savepoints
             .iter()
-            .filter(|(_, s)| &s.job_id == job)
-            .map(|(path, s)| SavepointRecord {
+            .filter(|(_, (s, _))| &s.job_id == job)
+            .map(|(path, (s, trigger))| SavepointRecord {
                 job_id: s.job_id.clone(),
                 checkpoint_id: s.checkpoint_id,
                 path: path.clone(),
                 trigger_timestamp_ms: s.trigger_timestamp_ms,
                 completion_timestamp_ms: s.completion_timestamp_ms,
                 state_size_bytes: s.state_size_bytes(),
+                trigger: *trigger,
             })
             .collect();
         records.sort_by_key(|r| r.checkpoint_id);
         Ok(records)
     }
 
-    async fn dispose(&self, path: &str) -> StoreResult<()> {
+    async fn dispose(&self, path: &str) -> StoreResult<bool> {
         let path = path.trim_end_matches('/');
         let path = path.strip_suffix("/_metadata").unwrap_or(path);
-        self.maps().savepoints.remove(path);
+        Ok(self.maps().savepoints.remove(path).is_some())
+    }
+}
+
+#[async_trait]
+impl OperationStore for MemoryStore {
+    async fn save(&self, operation: &SavepointOperation) -> StoreResult<()> {
+        self.check_writable()?;
+        self.maps().operations.insert(
+            (operation.job_id.clone(), operation.operation_id.clone()),
+            operation.clone(),
+        );
+        Ok(())
+    }
+
+    async fn load_all(&self, job: &JobId) -> StoreResult<Vec<SavepointOperation>> {
+        Ok(self
+            .maps()
+            .operations
+            .values()
+            .filter(|o| &o.job_id == job)
+            .cloned()
+            .collect())
+    }
+
+    async fn remove(&self, job: &JobId, operation_id: &str) -> StoreResult<()> {
+        self.maps()
+            .operations
+            .remove(&(job.clone(), operation_id.to_string()));
         Ok(())
     }
 }

@@ -11,7 +11,8 @@ pub mod fs;
 pub mod memory;
 
 use crate::coordinator::model::{
-    CheckpointId, CompletedSnapshot, JobId, JobSpec, JobStatus, SnapshotKind, StateHandle,
+    CheckpointId, CompletedSnapshot, JobId, JobSpec, JobStatus, SavepointOperation,
+    SavepointTrigger, SnapshotKind, StateHandle,
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,7 @@ pub struct SavepointRecord {
     pub trigger_timestamp_ms: u64,
     pub completion_timestamp_ms: u64,
     pub state_size_bytes: u64,
+    pub trigger: SavepointTrigger,
 }
 
 /// Savepoints: self-contained directories `<target>/savepoint-<job>-<id>/_metadata`.
@@ -122,14 +124,36 @@ pub trait SavepointStore: Send + Sync {
     ) -> StoreResult<String>;
     /// Writes the metadata atomically and durably under the savepoint path, records the
     /// savepoint in the job's index, and returns the path. Refuses to overwrite.
-    async fn write(&self, target_dir: &str, snapshot: &CompletedSnapshot) -> StoreResult<String>;
+    async fn write(
+        &self,
+        target_dir: &str,
+        snapshot: &CompletedSnapshot,
+        trigger: SavepointTrigger,
+    ) -> StoreResult<String>;
     /// Reads a savepoint's metadata from its path (the directory or its `_metadata` file).
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot>;
     /// The job's savepoint index, ascending by id.
     async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>>;
-    /// Deletes a savepoint written by [`SavepointStore::write`]: its index entry, then its
-    /// directory with everything in it. Ok if it does not exist.
-    async fn dispose(&self, path: &str) -> StoreResult<()>;
+    /// Deletes a savepoint: its directory with everything in it and its index entry.
+    /// Returns false if there was nothing to delete. A crash halfway leaves the savepoint
+    /// marked for disposal, finished by [`SavepointStore::resume_disposals`]; it never
+    /// leaves files nobody knows about.
+    async fn dispose(&self, path: &str) -> StoreResult<bool>;
+    /// Finishes disposals a crash interrupted; returns how many.
+    async fn resume_disposals(&self, _job: &JobId) -> StoreResult<u64> {
+        Ok(0)
+    }
+}
+
+/// Savepoint operations (idempotent triggers), so they outlive a restart.
+#[async_trait]
+pub trait OperationStore: Send + Sync {
+    /// Creates or replaces the record of `operation.operation_id` of its job.
+    async fn save(&self, operation: &SavepointOperation) -> StoreResult<()>;
+    /// Every operation of the job, in no particular order.
+    async fn load_all(&self, job: &JobId) -> StoreResult<Vec<SavepointOperation>>;
+    /// Forgets one operation; Ok if it did not exist.
+    async fn remove(&self, job: &JobId, operation_id: &str) -> StoreResult<()>;
 }
 
 /// State data written by tasks into locations the coordinator handed out (and so owns).
@@ -151,6 +175,7 @@ pub struct Stores {
     pub checkpoints: Arc<dyn CompletedCheckpointStore>,
     pub savepoints: Arc<dyn SavepointStore>,
     pub owned_state: Arc<dyn OwnedStateStore>,
+    pub operations: Arc<dyn OperationStore>,
 }
 
 impl Stores {
@@ -162,7 +187,8 @@ impl Stores {
             jobs: store.clone(),
             checkpoints: store.clone(),
             savepoints: store.clone(),
-            owned_state: store,
+            owned_state: store.clone(),
+            operations: store,
         }
     }
 
@@ -174,7 +200,8 @@ impl Stores {
             jobs: store.clone(),
             checkpoints: store.clone(),
             savepoints: store.clone(),
-            owned_state: store,
+            owned_state: store.clone(),
+            operations: store,
         })
     }
 }

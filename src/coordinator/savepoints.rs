@@ -1,0 +1,507 @@
+//! The savepoint life-cycle around the snapshot mechanics of the core: idempotent,
+//! durably recorded operations, stop-with-savepoint, history and retention, disposal,
+//! and periodic savepoints.
+
+use super::job::{Effects, FINISHED_OPERATIONS_KEPT};
+use super::model::{
+    FailureReason, JobStatus, OperationOutcome, PostSnapshotAction, SavepointOperation,
+    SavepointTrigger, SnapshotFailure, SnapshotKind, validate_name,
+};
+use super::pending::SnapshotOptions;
+use super::schedule::{CronSchedule, SavepointSchedule};
+use super::{Coordinator, CoreError, Job, SnapshotHandle};
+use crate::store::SavepointRecord;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A request for a savepoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavepointRequest {
+    /// None: the job's or the server's default directory.
+    pub target_dir: Option<String>,
+    /// The client's idempotency key; None lets the server pick an operation id.
+    pub request_id: Option<String>,
+    pub trigger: SavepointTrigger,
+    /// Stop-with-savepoint only: drain before finishing.
+    pub drain: bool,
+}
+
+impl SavepointRequest {
+    pub fn manual(target_dir: Option<String>) -> Self {
+        SavepointRequest {
+            target_dir,
+            request_id: None,
+            trigger: SavepointTrigger::Manual,
+            drain: false,
+        }
+    }
+
+    pub fn stop(target_dir: Option<String>, drain: bool) -> Self {
+        SavepointRequest {
+            trigger: SavepointTrigger::Stop,
+            drain,
+            ..SavepointRequest::manual(target_dir)
+        }
+    }
+}
+
+/// What a savepoint request led to.
+pub struct SavepointStarted {
+    /// The operation as it stands now.
+    pub operation: SavepointOperation,
+    /// The new savepoint's handle; None when the request id repeated an earlier request.
+    pub handle: Option<SnapshotHandle>,
+}
+
+/// Distinguishes operation ids the server picks within one millisecond.
+static OPERATION_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+impl Coordinator {
+    /// Starts a savepoint (or finds the operation an earlier request with the same
+    /// request id started). Refused at once if the job cannot take it.
+    pub async fn savepoint(
+        &self,
+        job_id: &str,
+        request: SavepointRequest,
+    ) -> Result<SavepointStarted, CoreError> {
+        let job = self.job(job_id)?;
+        self.start_savepoint(&job, request).await
+    }
+
+    pub(super) async fn start_savepoint(
+        &self,
+        job: &Arc<Job>,
+        request: SavepointRequest,
+    ) -> Result<SavepointStarted, CoreError> {
+        if let Some(id) = &request.request_id {
+            validate_name(id).map_err(|e| CoreError::InvalidArgument(format!("request_id {e}")))?;
+        }
+        let _serial = job.savepoint_requests.lock().await;
+        if let Some(id) = &request.request_id
+            && let Some(existing) = job.lock().operations.get(id)
+        {
+            if existing.trigger != request.trigger {
+                return Err(CoreError::AlreadyExists(format!(
+                    "request id {id} was already used for a {:?} savepoint of job {}",
+                    existing.trigger, job.id
+                )));
+            }
+            return Ok(SavepointStarted {
+                operation: existing.clone(),
+                handle: None,
+            });
+        }
+        let operation_id = request.request_id.clone().unwrap_or_else(|| {
+            let sequence = OPERATION_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+            format!("sp-{:x}-{sequence:x}", self.inner.clock.now_ms())
+        });
+        let target = request
+            .target_dir
+            .filter(|d| !d.trim().is_empty())
+            .or_else(|| job.spec.savepoint_dir.clone())
+            .unwrap_or_else(|| self.inner.config.default_savepoint_dir.clone());
+        let action = match (request.trigger, request.drain) {
+            (SavepointTrigger::Stop, true) => PostSnapshotAction::Drain,
+            (SavepointTrigger::Stop, false) => PostSnapshotAction::Stop,
+            _ => PostSnapshotAction::None,
+        };
+        let options = SnapshotOptions {
+            trigger: Some(request.trigger),
+            action,
+            operation_id: Some(operation_id.clone()),
+            full: true,
+        };
+        let handle = self
+            .trigger(job, SnapshotKind::Savepoint, false, Some(target), options)
+            .await?;
+        let operation = job
+            .lock()
+            .operations
+            .get(&operation_id)
+            .cloned()
+            .ok_or_else(|| CoreError::NotFound(format!("operation {operation_id}")))?;
+        Ok(SavepointStarted {
+            operation,
+            handle: Some(handle),
+        })
+    }
+
+    /// Takes a savepoint and moves the job to FINISHED once it is durable.
+    pub async fn stop_with_savepoint(
+        &self,
+        job_id: &str,
+        target_dir: Option<String>,
+        drain: bool,
+        request_id: Option<String>,
+    ) -> Result<SavepointStarted, CoreError> {
+        let request = SavepointRequest {
+            request_id,
+            ..SavepointRequest::stop(target_dir, drain)
+        };
+        self.savepoint(job_id, request).await
+    }
+
+    /// The operation `operation_id` of the job.
+    pub fn operation(
+        &self,
+        job_id: &str,
+        operation_id: &str,
+    ) -> Result<SavepointOperation, CoreError> {
+        let job = self.job(job_id)?;
+        let state = job.lock();
+        state.operations.get(operation_id).cloned().ok_or_else(|| {
+            CoreError::NotFound(format!(
+                "job {job_id} has no savepoint operation {operation_id} (the latest {FINISHED_OPERATIONS_KEPT} finished ones are kept)"
+            ))
+        })
+    }
+
+    /// Waits until the operation is no longer pending. Every pending operation ends
+    /// (completion, failure, timeout, shutdown), so this never waits forever.
+    pub async fn wait_operation(
+        &self,
+        job_id: &str,
+        operation_id: &str,
+    ) -> Result<SavepointOperation, CoreError> {
+        let job = self.job(job_id)?;
+        let mut changed = job.operations_changed.subscribe();
+        loop {
+            let operation = self.operation(job_id, operation_id)?;
+            if !operation.is_pending() {
+                return Ok(operation);
+            }
+            if changed.changed().await.is_err() {
+                return self.operation(job_id, operation_id);
+            }
+        }
+    }
+
+    /// The job's completed savepoints, newest first.
+    pub async fn list_savepoints(&self, job_id: &str) -> Result<Vec<SavepointRecord>, CoreError> {
+        let job = self.job(job_id)?;
+        let mut records = self.inner.stores.savepoints.list(&job.id).await?;
+        records.reverse();
+        Ok(records)
+    }
+
+    /// Deletes the savepoint at `path` if it lies under a savepoint root (the server's
+    /// default directory, a registered job's directory, or a configured extra root).
+    /// Returns whether there was anything to delete.
+    pub async fn dispose_savepoint(&self, path: &str) -> Result<bool, CoreError> {
+        let normalized = normalize(path).map_err(CoreError::InvalidArgument)?;
+        let roots = self.savepoint_roots();
+        if !roots
+            .iter()
+            .filter_map(|root| normalize(root).ok())
+            .any(|root| normalized.starts_with(&root) && normalized != root)
+        {
+            return Err(CoreError::InvalidArgument(format!(
+                "path {path} is not under a savepoint root ({})",
+                roots.join(", ")
+            )));
+        }
+        let existed = self.inner.stores.savepoints.dispose(path).await?;
+        tracing::info!(path, existed, "savepoint disposed");
+        Ok(existed)
+    }
+
+    fn savepoint_roots(&self) -> Vec<String> {
+        let mut roots = vec![self.inner.config.default_savepoint_dir.clone()];
+        roots.extend(self.inner.config.extra_savepoint_roots.iter().cloned());
+        let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+        roots.extend(
+            jobs.values()
+                .filter_map(|job| job.spec.savepoint_dir.clone()),
+        );
+        roots.sort();
+        roots.dedup();
+        roots
+    }
+
+    /// Disposes of the job's savepoints that its retention policy retires: beyond the
+    /// maximum count (oldest first) or older than the maximum age, always keeping the
+    /// newest.
+    pub(super) async fn apply_retention(&self, job: &Arc<Job>) {
+        let policy = &job.spec.savepoint_policy;
+        if !policy.retires() {
+            return;
+        }
+        let _one_at_a_time = job.retention.lock().await;
+        let records = match self.inner.stores.savepoints.list(&job.id).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(job_id = %job.id, "savepoint retention skipped: {error}");
+                return;
+            }
+        };
+        let now_ms = self.inner.clock.now_ms();
+        for record in retired(&records, policy.max_retained, policy.max_age, now_ms) {
+            match self.inner.stores.savepoints.dispose(&record.path).await {
+                Ok(_) => tracing::info!(
+                    job_id = %job.id,
+                    checkpoint_id = %record.checkpoint_id,
+                    path = record.path,
+                    "savepoint retired by the retention policy"
+                ),
+                Err(error) => tracing::warn!(
+                    job_id = %job.id,
+                    path = record.path,
+                    "disposing a retired savepoint failed: {error}"
+                ),
+            }
+        }
+    }
+
+    /// Loads the job's operation records after a restart. An operation that was pending
+    /// when the server stopped completed if its savepoint is in the index, and failed
+    /// otherwise (its snapshot died with the server).
+    pub(super) async fn recover_operations(&self, job: &Arc<Job>) {
+        let stores = &self.inner.stores;
+        let operations = match stores.operations.load_all(&job.id).await {
+            Ok(operations) => operations,
+            Err(error) => {
+                tracing::error!(job_id = %job.id, "savepoint operations unreadable: {error}");
+                return;
+            }
+        };
+        let savepoints = stores.savepoints.list(&job.id).await.unwrap_or_default();
+        let now_ms = self.inner.clock.now_ms();
+        let mut effects = Effects::default();
+        {
+            let mut state = job.lock();
+            let mut operations = operations;
+            operations.sort_by_key(|o| o.trigger_timestamp_ms);
+            for mut operation in operations {
+                let mut changed = false;
+                if operation.is_pending() {
+                    changed = true;
+                    operation.outcome = match savepoints
+                        .iter()
+                        .find(|s| s.checkpoint_id == operation.checkpoint_id)
+                    {
+                        Some(savepoint) => OperationOutcome::Completed {
+                            completion_timestamp_ms: savepoint.completion_timestamp_ms,
+                            state_size_bytes: savepoint.state_size_bytes,
+                        },
+                        None => OperationOutcome::Failed {
+                            completion_timestamp_ms: now_ms,
+                            failure: SnapshotFailure::new(
+                                FailureReason::CoordinatorShutDown,
+                                "the server stopped before the savepoint completed",
+                            ),
+                        },
+                    };
+                }
+                state.record_operation(operation, &mut effects);
+                if !changed {
+                    effects.operations.pop();
+                }
+            }
+        }
+        self.carry_out(job, effects);
+    }
+
+    /// Writes changed operation records and deletes forgotten ones, after any Pending
+    /// record written by the trigger.
+    pub(super) fn persist_operations(
+        &self,
+        job: &Arc<Job>,
+        operations: Vec<SavepointOperation>,
+        forgotten: Vec<String>,
+    ) {
+        let stores = self.inner.stores.clone();
+        let order = job.operation_writes.clone();
+        let job_id = job.id.clone();
+        tokio::spawn(async move {
+            let _order = order.lock().await;
+            for operation in operations {
+                if let Err(error) = stores.operations.save(&operation).await {
+                    tracing::error!(%job_id, operation_id = operation.operation_id, "recording a savepoint operation failed: {error}");
+                }
+            }
+            for operation_id in forgotten {
+                if let Err(error) = stores.operations.remove(&job_id, &operation_id).await {
+                    tracing::warn!(%job_id, operation_id, "forgetting a savepoint operation failed: {error}");
+                }
+            }
+        });
+    }
+
+    /// Starts the job's periodic savepoints, if its policy has a schedule.
+    pub(super) fn start_savepoint_scheduler(&self, job: &Arc<Job>) {
+        let policy = &job.spec.savepoint_policy;
+        let schedule = match (&policy.interval, &policy.cron) {
+            (Some(interval), _) => SavepointSchedule::Interval(*interval),
+            (None, Some(cron)) => match CronSchedule::parse(cron) {
+                Ok(cron) => SavepointSchedule::Cron(Box::new(cron)),
+                Err(error) => {
+                    tracing::error!(job_id = %job.id, "periodic savepoints disabled: {error}");
+                    return;
+                }
+            },
+            (None, None) => return,
+        };
+        let coordinator = self.clone();
+        let scheduled = job.clone();
+        let task = tokio::spawn(async move {
+            coordinator
+                .run_savepoint_scheduler(scheduled, schedule)
+                .await
+        });
+        let mut state = job.lock();
+        if let Some(old) = state.savepoint_scheduler.replace(task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Takes a savepoint whenever one is due; best effort: a savepoint that cannot be
+    /// taken (job not RUNNING, the previous one still pending) is skipped and recorded.
+    async fn run_savepoint_scheduler(self, job: Arc<Job>, schedule: SavepointSchedule) {
+        loop {
+            let Some(delay) = schedule.delay_from(self.inner.clock.now_ms()) else {
+                tracing::info!(job_id = %job.id, "the savepoint schedule has no further dates");
+                return;
+            };
+            tokio::time::sleep(delay).await;
+            let skip = {
+                let state = job.lock();
+                if state.shut_down {
+                    return;
+                }
+                let previous = state
+                    .savepoints
+                    .pending
+                    .values()
+                    .find(|p| p.options.trigger == Some(SavepointTrigger::Periodic))
+                    .map(|p| p.id);
+                if state.status != JobStatus::Running {
+                    Some(format!("job is {:?}, not RUNNING", state.status))
+                } else {
+                    previous
+                        .map(|id| format!("the previous periodic savepoint {id} is still pending"))
+                }
+            };
+            let skip = match skip {
+                Some(reason) => Some(reason),
+                None => {
+                    let request = SavepointRequest {
+                        trigger: SavepointTrigger::Periodic,
+                        ..SavepointRequest::manual(None)
+                    };
+                    match self.start_savepoint(&job, request).await {
+                        Ok(started) => {
+                            tracing::info!(job_id = %job.id, checkpoint_id = %started.operation.checkpoint_id, "periodic savepoint triggered");
+                            None
+                        }
+                        Err(error) => Some(error.to_string()),
+                    }
+                }
+            };
+            if let Some(reason) = skip {
+                tracing::info!(job_id = %job.id, reason, "periodic savepoint skipped");
+                job.lock().stats.record_skip(reason);
+            }
+        }
+    }
+}
+
+/// The savepoints of `records` (ascending by id) that retention disposes of.
+fn retired(
+    records: &[SavepointRecord],
+    max_retained: u32,
+    max_age: Option<std::time::Duration>,
+    now_ms: u64,
+) -> Vec<SavepointRecord> {
+    let Some((_newest, older)) = records.split_last() else {
+        return Vec::new();
+    };
+    let over_count = match max_retained {
+        0 => 0,
+        max => records.len().saturating_sub(max as usize),
+    };
+    let oldest_allowed = max_age.map(|age| now_ms.saturating_sub(age.as_millis() as u64));
+    older
+        .iter()
+        .enumerate()
+        .filter(|(i, record)| {
+            *i < over_count
+                || oldest_allowed.is_some_and(|limit| record.completion_timestamp_ms < limit)
+        })
+        .map(|(_, record)| record.clone())
+        .collect()
+}
+
+/// `path` as an absolute path without `.`/`..` (refused) and without a trailing
+/// `_metadata`, for comparing against the roots.
+fn normalize(path: &str) -> Result<PathBuf, String> {
+    let raw = path.strip_prefix("file://").unwrap_or(path);
+    let candidate = Path::new(raw);
+    if !candidate.is_absolute() {
+        return Err(format!("path {path:?} must be absolute"));
+    }
+    if candidate
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(format!("path {path:?} must not contain '..'"));
+    }
+    let mut normalized: PathBuf = candidate.components().collect();
+    if normalized.file_name().is_some_and(|n| n == "_metadata") {
+        normalized.pop();
+    }
+    Ok(normalized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::model::{CheckpointId, JobId};
+    use std::time::Duration;
+
+    fn record(id: u64, completed_ms: u64) -> SavepointRecord {
+        SavepointRecord {
+            job_id: JobId::new("j"),
+            checkpoint_id: CheckpointId(id),
+            path: format!("/sp/savepoint-j-{id}"),
+            trigger_timestamp_ms: completed_ms,
+            completion_timestamp_ms: completed_ms,
+            state_size_bytes: 1,
+            trigger: SavepointTrigger::Manual,
+        }
+    }
+
+    fn ids(records: Vec<SavepointRecord>) -> Vec<u64> {
+        records.into_iter().map(|r| r.checkpoint_id.0).collect()
+    }
+
+    #[test]
+    fn retention_by_count_retires_the_oldest() {
+        let records: Vec<_> = (1..=5).map(|i| record(i, i * 1000)).collect();
+        assert_eq!(ids(retired(&records, 2, None, 10_000)), vec![1, 2, 3]);
+        assert_eq!(ids(retired(&records, 0, None, 10_000)), Vec::<u64>::new());
+        assert_eq!(ids(retired(&records, 9, None, 10_000)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn retention_by_age_always_keeps_the_newest() {
+        let records: Vec<_> = (1..=3).map(|i| record(i, i * 1000)).collect();
+        let age = Some(Duration::from_millis(1500));
+        assert_eq!(ids(retired(&records, 0, age, 4_000)), vec![1, 2]);
+        assert_eq!(
+            ids(retired(&records, 0, age, 1_000_000)),
+            vec![1, 2],
+            "the newest stays however old it is"
+        );
+    }
+
+    #[test]
+    fn paths_are_normalized_and_escapes_refused() {
+        assert_eq!(
+            normalize("/a/./b/_metadata").unwrap(),
+            PathBuf::from("/a/b")
+        );
+        assert!(normalize("/a/../b").is_err());
+        assert!(normalize("relative").is_err());
+    }
+}
