@@ -2660,3 +2660,5 @@ async fn a_restarted_coordinator_recovers_jobs_retained_checkpoints_and_ids() {
         next.checkpoint_id
     );
 }
+
+mod lifecycle;
