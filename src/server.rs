@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub stream_buffer: usize,
     /// How long shutdown waits for open calls and connections before giving up on them.
     pub shutdown_grace: Duration,
+    /// Directories besides the default savepoint directory (and each job's own) under
+    /// which DisposeSavepoint may delete savepoints.
+    pub extra_savepoint_roots: Vec<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             id_block_size: 64,
             stream_buffer: 1024,
             shutdown_grace: Duration::from_secs(10),
+            extra_savepoint_roots: Vec::new(),
         }
     }
 }
@@ -91,23 +95,36 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The extra savepoint roots as absolute path strings.
+    fn extra_savepoint_roots(&self) -> Result<Vec<String>, ServerError> {
+        self.extra_savepoint_roots
+            .iter()
+            .map(|root| absolute_utf8("extra_savepoint_roots", root))
+            .collect()
+    }
+
     /// The effective default savepoint directory as an absolute path string.
     fn savepoint_dir(&self) -> Result<String, ServerError> {
         let dir = self
             .default_savepoint_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("savepoints"));
-        let dir = std::path::absolute(&dir).map_err(|e| ServerError::InvalidConfig {
-            setting: "default_savepoint_dir",
-            detail: format!("{} cannot be made absolute: {e}", dir.display()),
-        })?;
-        dir.to_str()
-            .map(str::to_string)
-            .ok_or_else(|| ServerError::InvalidConfig {
-                setting: "default_savepoint_dir",
-                detail: format!("{} is not valid UTF-8", dir.display()),
-            })
+        absolute_utf8("default_savepoint_dir", &dir)
     }
+}
+
+/// `dir` made absolute, as a UTF-8 string; errors name `setting`.
+fn absolute_utf8(setting: &'static str, dir: &std::path::Path) -> Result<String, ServerError> {
+    let dir = std::path::absolute(dir).map_err(|e| ServerError::InvalidConfig {
+        setting,
+        detail: format!("{} cannot be made absolute: {e}", dir.display()),
+    })?;
+    dir.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| ServerError::InvalidConfig {
+            setting,
+            detail: format!("{} is not valid UTF-8", dir.display()),
+        })
 }
 
 /// Why the server could not start or failed while running.
@@ -170,6 +187,7 @@ pub async fn run(
         CoordinatorConfig {
             default_savepoint_dir,
             id_block_size: config.id_block_size,
+            extra_savepoint_roots: config.extra_savepoint_roots()?,
             ..CoordinatorConfig::default()
         },
     );

@@ -41,6 +41,16 @@ struct Args {
     #[arg(long, env = "SAVEPOINTD_SAVEPOINT_DIR")]
     savepoint_dir: Option<PathBuf>,
 
+    /// Further directories under which DisposeSavepoint may delete savepoints (the
+    /// default savepoint directory and each job's own directory always count). Repeat
+    /// the flag, or separate with commas in the environment variable.
+    #[arg(
+        long = "savepoint-root",
+        env = "SAVEPOINTD_SAVEPOINT_ROOTS",
+        value_delimiter = ','
+    )]
+    savepoint_roots: Vec<PathBuf>,
+
     /// Log format: text for people, json for log collectors. The level is set with
     /// RUST_LOG (default "info"), e.g. RUST_LOG=savepoint_coordinator=debug.
     #[arg(long, env = "SAVEPOINTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -87,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         default_savepoint_dir: args.savepoint_dir,
         max_inline_state_bytes: args.max_inline_state_bytes,
+        extra_savepoint_roots: args.savepoint_roots,
         ..ServerConfig::default()
     };
     config.validate().context("invalid configuration")?;
