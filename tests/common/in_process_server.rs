@@ -1,6 +1,9 @@
 //! The real server, in-process on 127.0.0.1:0, for integration tests: started with
 //! `server::run` like the binary, stopped through a oneshot so every test ends cleanly.
 
+// Each test binary includes this file and uses only some of it.
+#![allow(dead_code)]
+
 use savepoint_coordinator::client;
 use savepoint_coordinator::proto;
 use savepoint_coordinator::proto::savepoint_service_client::SavepointServiceClient;
@@ -78,7 +81,6 @@ impl TestServer {
 }
 
 /// Sets the job's status, bounded.
-#[allow(dead_code)] // Not every test binary uses every helper.
 pub async fn set_status(
     client: &mut SavepointServiceClient<Channel>,
     job_id: &str,
