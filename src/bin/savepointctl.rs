@@ -1,1 +1,1202 @@
-fn main() {}
+//! savepointctl: the command-line client of savepointd.
+//!
+//! Every subcommand maps onto one `SavepointService` RPC (plus `simulate`, which runs a
+//! job's tasks on simulated task managers). Output is text for people or JSON for
+//! scripts (`--output json`). Exit codes: 0 success; 1 the server refused the request or
+//! could not be reached (`error: <CODE>: <message>` on stderr); 2 bad usage or an
+//! unusable input file.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use savepoint_coordinator::client::simulator::{
+    SimulatedVertex, SimulationEnd, SimulationSummary, Simulator, SimulatorConfig, SimulatorError,
+};
+use savepoint_coordinator::client::{self, ClientError};
+use savepoint_coordinator::proto;
+use savepoint_coordinator::proto::savepoint_service_client::SavepointServiceClient;
+use savepoint_coordinator::service::error::code_name;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::signal::unix::{SignalKind, signal};
+use tonic::transport::Channel;
+use tracing_subscriber::EnvFilter;
+
+/// Bound on connecting to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of the calls that do not wait for a snapshot.
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Command-line client of savepointd: register jobs, trigger and restore savepoints,
+/// read checkpoint statistics, simulate task managers.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Exit codes: 0 success; 1 the server refused the request or could not be \
+                  reached; 2 bad usage or an unusable input file."
+)]
+struct Cli {
+    /// Address of savepointd.
+    #[arg(
+        long,
+        global = true,
+        env = "SAVEPOINTCTL_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+
+    /// Output format: text for people, json for scripts (one JSON document on stdout).
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Registers a job from a YAML (.yaml, .yml) or JSON (.json) file; prints its
+    /// fencing token (RegisterJob).
+    Register {
+        /// The job file, e.g. examples/job.yaml.
+        file: PathBuf,
+    },
+    /// Reports the job's status; RUNNING starts periodic checkpoints, any other status
+    /// stops them (UpdateJobStatus).
+    Status {
+        /// Job id.
+        job: String,
+        /// The new status.
+        #[arg(value_enum, ignore_case = true)]
+        status: JobStatusArg,
+    },
+    /// Triggers a savepoint and prints its path once it is durable (TriggerSavepoint).
+    Savepoint {
+        /// Job id.
+        job: String,
+        /// Target directory on the server; default: the job's, else the server's.
+        #[arg(long)]
+        dir: Option<String>,
+        /// Seconds to wait; the savepoint goes on in the background after that.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+    },
+    /// Triggers a checkpoint now and waits for it (TriggerCheckpoint).
+    Checkpoint {
+        /// Job id.
+        job: String,
+        /// Seconds to wait; the checkpoint goes on in the background after that.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+    },
+    /// Maps a savepoint onto the job's subtasks and prints the assignment
+    /// (RestoreSavepoint). The job's subtasks must all be CREATED.
+    Restore {
+        /// Job id.
+        job: String,
+        /// Savepoint path, as printed by `savepoint`.
+        path: String,
+        /// Skip state of vertices the job no longer has instead of refusing.
+        #[arg(long)]
+        allow_non_restored_state: bool,
+    },
+    /// Maps the latest retained checkpoint onto the job's subtasks
+    /// (RestoreLatestCheckpoint).
+    RestoreLatest {
+        /// Job id.
+        job: String,
+        /// Skip state of vertices the job no longer has instead of refusing.
+        #[arg(long)]
+        allow_non_restored_state: bool,
+    },
+    /// Shows counts, the latest snapshots, recent history and per-subtask figures
+    /// (GetCheckpointStats).
+    Stats {
+        /// Job id.
+        job: String,
+    },
+    /// Removes the job; pending snapshots fail, savepoints stay (UnregisterJob).
+    Unregister {
+        /// Job id.
+        job: String,
+    },
+    /// Runs the job's subtasks on simulated task managers that acknowledge every
+    /// checkpoint and savepoint, until Ctrl-C (SIGINT) or SIGTERM; then prints a summary.
+    Simulate {
+        /// Job id (must be registered).
+        job: String,
+        /// Job file to read the vertices and wait-for vertices from.
+        #[arg(long)]
+        file: PathBuf,
+        /// Number of simulated task managers; subtasks are spread round-robin.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        task_managers: u32,
+        /// Milliseconds each task manager waits before acknowledging.
+        #[arg(long, default_value_t = 0)]
+        ack_delay_ms: u64,
+    },
+}
+
+/// Job statuses as typed on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+enum JobStatusArg {
+    Created,
+    Running,
+    Failing,
+    Failed,
+    Cancelling,
+    Canceled,
+    Finished,
+    Suspended,
+    Restarting,
+}
+
+impl From<JobStatusArg> for proto::JobStatus {
+    fn from(status: JobStatusArg) -> Self {
+        match status {
+            JobStatusArg::Created => proto::JobStatus::Created,
+            JobStatusArg::Running => proto::JobStatus::Running,
+            JobStatusArg::Failing => proto::JobStatus::Failing,
+            JobStatusArg::Failed => proto::JobStatus::Failed,
+            JobStatusArg::Cancelling => proto::JobStatus::Cancelling,
+            JobStatusArg::Canceled => proto::JobStatus::Canceled,
+            JobStatusArg::Finished => proto::JobStatus::Finished,
+            JobStatusArg::Suspended => proto::JobStatus::Suspended,
+            JobStatusArg::Restarting => proto::JobStatus::Restarting,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Job file
+// ---------------------------------------------------------------------------------------
+
+/// A job file: RegisterJobRequest with friendlier names (the proto names are accepted as
+/// aliases). Unknown keys are errors, so a typo never silently falls back to a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobFile {
+    job_id: String,
+    vertices: Vec<VertexFile>,
+    /// Vertices that receive the trigger (the sources).
+    #[serde(alias = "trigger_vertices")]
+    trigger: Vec<String>,
+    /// Vertices that must acknowledge; empty or missing means all.
+    #[serde(default, alias = "wait_for_vertices")]
+    wait_for: Vec<String>,
+    /// Vertices told about completions; empty or missing means all.
+    #[serde(default, alias = "commit_vertices")]
+    commit: Vec<String>,
+    #[serde(default, alias = "policy")]
+    checkpointing: PolicyFile,
+    /// Default savepoint target directory on the server.
+    #[serde(default)]
+    savepoint_dir: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VertexFile {
+    id: String,
+    parallelism: u32,
+    /// 0 or missing: the server's default of 128.
+    #[serde(default)]
+    max_parallelism: u32,
+}
+
+/// The checkpoint policy; every duration in milliseconds, 0 or missing means the
+/// server's default (no periodic checkpoints for `interval_ms`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    interval_ms: u64,
+    #[serde(default)]
+    timeout_ms: u64,
+    #[serde(default)]
+    min_pause_ms: u64,
+    #[serde(default)]
+    max_concurrent: u32,
+    #[serde(default)]
+    retained: u32,
+    #[serde(default)]
+    tolerable_failures: u32,
+}
+
+impl JobFile {
+    /// Reads a job file; the format follows the extension.
+    fn read(path: &Path) -> anyhow::Result<JobFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read job file {}", path.display()))?;
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match extension.as_deref() {
+            Some("yaml" | "yml") => serde_yaml::from_str(&text)
+                .with_context(|| format!("job file {} is not a valid job", path.display())),
+            Some("json") => serde_json::from_str(&text)
+                .with_context(|| format!("job file {} is not a valid job", path.display())),
+            _ => bail!(
+                "job file {} must end in .yaml, .yml or .json (the extension picks the format)",
+                path.display()
+            ),
+        }
+    }
+
+    fn into_request(self) -> proto::RegisterJobRequest {
+        let policy = self.checkpointing;
+        proto::RegisterJobRequest {
+            job_id: self.job_id,
+            vertices: self
+                .vertices
+                .into_iter()
+                .map(|v| proto::Vertex {
+                    id: v.id,
+                    parallelism: v.parallelism,
+                    max_parallelism: v.max_parallelism,
+                })
+                .collect(),
+            trigger_vertices: self.trigger,
+            wait_for_vertices: self.wait_for,
+            commit_vertices: self.commit,
+            policy: Some(proto::CheckpointPolicy {
+                interval_ms: policy.interval_ms,
+                timeout_ms: policy.timeout_ms,
+                min_pause_ms: policy.min_pause_ms,
+                max_concurrent: policy.max_concurrent,
+                retained: policy.retained,
+                tolerable_failures: policy.tolerable_failures,
+            }),
+            savepoint_dir: self.savepoint_dir.unwrap_or_default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors and exit codes
+// ---------------------------------------------------------------------------------------
+
+/// Why a command failed; picks the exit code.
+enum Failure {
+    /// The server refused the request, or could not be reached (exit 1).
+    Rpc { code: &'static str, message: String },
+    /// The command line or an input file is unusable (exit 2).
+    Input(anyhow::Error),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Failure::Rpc {
+            code: code_name(status.code()),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Status(status) => status.into(),
+            ClientError::InvalidAddress { .. } => Failure::Input(error.into()),
+            other => Failure::Rpc {
+                code: "UNAVAILABLE",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<SimulatorError> for Failure {
+    fn from(error: SimulatorError) -> Self {
+        match error {
+            SimulatorError::InvalidConfig { .. } => Failure::Input(error.into()),
+            SimulatorError::Connect { source, .. } => source.into(),
+            SimulatorError::TaskRefused { code, message, .. } => Failure::Rpc {
+                code: code_name_of(&code),
+                message,
+            },
+            SimulatorError::ConnectTimeout { .. } => Failure::Rpc {
+                code: "DEADLINE_EXCEEDED",
+                message: error.to_string(),
+            },
+        }
+    }
+}
+
+/// The static code name matching a StreamError's code string.
+fn code_name_of(code: &str) -> &'static str {
+    (0..=16)
+        .map(|n| code_name(tonic::Code::from_i32(n)))
+        .find(|name| *name == code)
+        .unwrap_or("UNKNOWN")
+}
+
+impl Failure {
+    fn report(&self) -> ExitCode {
+        match self {
+            Failure::Rpc { code, message } => {
+                eprintln!("error: {code}: {message}");
+                ExitCode::from(1)
+            }
+            Failure::Input(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+async fn connect(server: &str) -> Result<Channel, Failure> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, client::connect(server)).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(Failure::Rpc {
+            code: "UNAVAILABLE",
+            message: format!(
+                "cannot connect to {server} within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        }),
+    }
+}
+
+/// A request with a deadline; the server's waiting triggers answer just before it.
+fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+async fn service(server: &str) -> Result<SavepointServiceClient<Channel>, Failure> {
+    Ok(SavepointServiceClient::new(connect(server).await?))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let output = cli.output;
+    let server = cli.server;
+    // Commands that read a file do so before connecting, so a bad file is reported as
+    // such even when the server is down.
+    match cli.command {
+        Command::Register { file } => {
+            let job = JobFile::read(&file).map_err(Failure::Input)?;
+            register(service(&server).await?, job, output).await?;
+        }
+        Command::Simulate {
+            job,
+            file,
+            task_managers,
+            ack_delay_ms,
+        } => {
+            let spec = JobFile::read(&file).map_err(Failure::Input)?;
+            let config = SimulatorConfig {
+                job_id: job,
+                vertices: spec
+                    .vertices
+                    .iter()
+                    .map(|v| SimulatedVertex {
+                        id: v.id.clone(),
+                        parallelism: v.parallelism,
+                    })
+                    .collect(),
+                wait_for_vertices: spec.wait_for,
+                task_managers,
+                ack_delay: Duration::from_millis(ack_delay_ms),
+            };
+            let simulator = Simulator::new(config)?;
+            simulate(simulator, connect(&server).await?, output).await?;
+        }
+        Command::Status { job, status } => {
+            let status = proto::JobStatus::from(status);
+            service(&server)
+                .await?
+                .update_job_status(request(
+                    proto::UpdateJobStatusRequest {
+                        job_id: job.clone(),
+                        status: status.into(),
+                    },
+                    RPC_TIMEOUT,
+                ))
+                .await?;
+            let status = short_name(status.as_str_name(), "JOB_STATUS_");
+            print(
+                output,
+                json!({"job_id": job, "status": status}),
+                format!("job {job} is now {status}"),
+            );
+        }
+        Command::Savepoint { job, dir, timeout } => {
+            let response = service(&server)
+                .await?
+                .trigger_savepoint(request(
+                    proto::TriggerSavepointRequest {
+                        job_id: job.clone(),
+                        target_directory: dir.unwrap_or_default(),
+                    },
+                    Duration::from_secs(timeout),
+                ))
+                .await?
+                .into_inner();
+            print(
+                output,
+                json!({"job_id": job, "checkpoint_id": response.checkpoint_id, "path": response.path}),
+                response.path.clone(),
+            );
+        }
+        Command::Checkpoint { job, timeout } => {
+            let response = service(&server)
+                .await?
+                .trigger_checkpoint(request(
+                    proto::TriggerCheckpointRequest {
+                        job_id: job.clone(),
+                    },
+                    Duration::from_secs(timeout),
+                ))
+                .await?
+                .into_inner();
+            print(
+                output,
+                json!({"job_id": job, "checkpoint_id": response.checkpoint_id}),
+                format!(
+                    "checkpoint {} of job {job} completed",
+                    response.checkpoint_id
+                ),
+            );
+        }
+        Command::Restore {
+            job,
+            path,
+            allow_non_restored_state,
+        } => {
+            let response = service(&server)
+                .await?
+                .restore_savepoint(request(
+                    proto::RestoreSavepointRequest {
+                        job_id: job.clone(),
+                        path,
+                        allow_non_restored_state,
+                    },
+                    RPC_TIMEOUT,
+                ))
+                .await?
+                .into_inner();
+            print_restore(output, &job, &response);
+        }
+        Command::RestoreLatest {
+            job,
+            allow_non_restored_state,
+        } => {
+            let response = service(&server)
+                .await?
+                .restore_latest_checkpoint(request(
+                    proto::RestoreLatestCheckpointRequest {
+                        job_id: job.clone(),
+                        allow_non_restored_state,
+                    },
+                    RPC_TIMEOUT,
+                ))
+                .await?
+                .into_inner();
+            print_restore(output, &job, &response);
+        }
+        Command::Stats { job } => {
+            let stats = service(&server)
+                .await?
+                .get_checkpoint_stats(request(
+                    proto::GetCheckpointStatsRequest {
+                        job_id: job.clone(),
+                    },
+                    RPC_TIMEOUT,
+                ))
+                .await?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&stats_json(&job, &stats)),
+                Output::Text => print!("{}", stats_text(&job, &stats, now_ms())),
+            }
+        }
+        Command::Unregister { job } => {
+            service(&server)
+                .await?
+                .unregister_job(request(
+                    proto::UnregisterJobRequest {
+                        job_id: job.clone(),
+                    },
+                    RPC_TIMEOUT,
+                ))
+                .await?;
+            print(
+                output,
+                json!({"job_id": job, "unregistered": true}),
+                format!("job {job} unregistered; its savepoints stay on disk"),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn register(
+    mut service: SavepointServiceClient<Channel>,
+    job: JobFile,
+    output: Output,
+) -> Result<(), Failure> {
+    let request_message = job.into_request();
+    let job_id = request_message.job_id.clone();
+    let response = service
+        .register_job(request(request_message, RPC_TIMEOUT))
+        .await?
+        .into_inner();
+    print(
+        output,
+        json!({"job_id": job_id, "fencing_token": response.fencing_token}),
+        format!(
+            "job {job_id} registered; fencing token {}",
+            response.fencing_token
+        ),
+    );
+    Ok(())
+}
+
+async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Result<(), Failure> {
+    // Installed before connecting so that an early Ctrl-C is not lost.
+    let (mut interrupt, mut terminate) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+        (Err(error), _) | (_, Err(error)) => {
+            return Err(Failure::Input(
+                anyhow::Error::new(error).context("installing the signal handlers"),
+            ));
+        }
+    };
+    let plans = simulator.plans().to_vec();
+    let simulation = simulator.connect(channel).await?;
+    if output == Output::Text {
+        let tasks: usize = plans.iter().map(|p| p.tasks.len()).sum();
+        println!(
+            "simulating {tasks} tasks on {} task managers; Ctrl-C to stop",
+            plans.len()
+        );
+        for plan in &plans {
+            let names: Vec<String> = plan
+                .tasks
+                .iter()
+                .map(|t| format!("{}#{}", t.vertex_id, t.subtask_index))
+                .collect();
+            println!("  {}: {}", plan.task_manager_id, names.join(", "));
+        }
+    }
+    let summary = simulation
+        .run(async {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
+            }
+        })
+        .await;
+    match output {
+        Output::Json => print_json(&summary_json(&summary)),
+        Output::Text => print!("{}", summary_text(&summary)),
+    }
+    match summary.end {
+        SimulationEnd::Shutdown => Ok(()),
+        SimulationEnd::StreamClosed {
+            task_manager_id,
+            error,
+        } => Err(Failure::Rpc {
+            code: "UNAVAILABLE",
+            message: format!(
+                "the server closed the stream of {task_manager_id}{}",
+                error.map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------
+
+fn print(output: Output, json: Value, text: String) {
+    match output {
+        Output::Json => print_json(&json),
+        Output::Text => println!("{text}"),
+    }
+}
+
+fn print_json(value: &Value) {
+    // Serialising a Value cannot fail.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `JOB_STATUS_RUNNING` -> `RUNNING`.
+fn short_name<'a>(name: &'a str, prefix: &str) -> &'a str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
+fn kind_name(kind: proto::SnapshotKind) -> &'static str {
+    short_name(kind.as_str_name(), "SNAPSHOT_KIND_")
+}
+
+fn status_name(status: proto::SnapshotStatus) -> &'static str {
+    short_name(status.as_str_name(), "SNAPSHOT_STATUS_")
+}
+
+fn reason_name(reason: proto::FailureReason) -> &'static str {
+    short_name(reason.as_str_name(), "FAILURE_REASON_")
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.0 MiB`.
+fn bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let value = n as f64;
+    if n < 1024 {
+        format!("{n} B")
+    } else if value < KIB * KIB {
+        format!("{:.1} KiB", value / KIB)
+    } else if value < KIB * KIB * KIB {
+        format!("{:.1} MiB", value / (KIB * KIB))
+    } else {
+        format!("{:.1} GiB", value / (KIB * KIB * KIB))
+    }
+}
+
+/// How long ago `then_ms` was, for people: `3 s ago`; empty for 0 (unknown).
+fn ago(then_ms: u64, now_ms: u64) -> String {
+    if then_ms == 0 {
+        return String::new();
+    }
+    let seconds = now_ms.saturating_sub(then_ms) / 1000;
+    match seconds {
+        0..=119 => format!("{seconds} s ago"),
+        120..=7199 => format!("{} min ago", seconds / 60),
+        _ => format!("{} h ago", seconds / 3600),
+    }
+}
+
+/// Left-aligned columns separated by two spaces, header first.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut text = line(header.to_vec());
+    for row in rows {
+        text.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    text
+}
+
+fn subtask_name(subtask: Option<&proto::SubtaskRef>) -> String {
+    subtask.map_or_else(
+        || "?".to_string(),
+        |s| format!("{}#{}", s.vertex_id, s.subtask_index),
+    )
+}
+
+/// Inline state shown as text when it is short printable UTF-8 (as the simulator's is).
+fn inline_text(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data)
+        .ok()
+        .filter(|text| text.len() <= 40 && !text.chars().any(char::is_control))
+}
+
+fn handle_text(handle: &proto::StateHandle) -> String {
+    let data = match &handle.data {
+        Some(proto::state_handle::Data::Inline(data)) => match inline_text(data) {
+            Some(text) => format!("inline {} {text:?}", bytes(data.len() as u64)),
+            None => format!("inline {}", bytes(data.len() as u64)),
+        },
+        Some(proto::state_handle::Data::Reference(reference)) => {
+            format!("{} ({})", reference.uri, bytes(reference.size_bytes))
+        }
+        None => "no data".to_string(),
+    };
+    let name = if handle.name.is_empty() {
+        "(unnamed)"
+    } else {
+        &handle.name
+    };
+    match &handle.key_groups {
+        Some(range) => format!("{name}: {data}, key groups {}-{}", range.start, range.end),
+        None => format!("{name}: {data}"),
+    }
+}
+
+fn handle_json(handle: &proto::StateHandle) -> Value {
+    let mut value = match &handle.data {
+        Some(proto::state_handle::Data::Inline(data)) => json!({
+            "name": handle.name,
+            "kind": "inline",
+            "size_bytes": data.len(),
+            "text": std::str::from_utf8(data).ok(),
+        }),
+        Some(proto::state_handle::Data::Reference(reference)) => json!({
+            "name": handle.name,
+            "kind": "reference",
+            "uri": reference.uri,
+            "size_bytes": reference.size_bytes,
+        }),
+        None => json!({"name": handle.name, "kind": null}),
+    };
+    value["key_groups"] = handle
+        .key_groups
+        .as_ref()
+        .map_or(Value::Null, |r| json!({"start": r.start, "end": r.end}));
+    value
+}
+
+fn print_restore(output: Output, job: &str, response: &proto::RestoreResponse) {
+    match output {
+        Output::Json => print_json(&restore_json(job, response)),
+        Output::Text => print!("{}", restore_text(job, response)),
+    }
+}
+
+fn restore_json(job: &str, response: &proto::RestoreResponse) -> Value {
+    let assignments: Vec<Value> = response
+        .assignments
+        .iter()
+        .map(|a| {
+            json!({
+                "vertex_id": a.subtask.as_ref().map(|s| s.vertex_id.as_str()),
+                "subtask_index": a.subtask.as_ref().map(|s| s.subtask_index),
+                "handles": a.handles.iter().map(handle_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "job_id": job,
+        "checkpoint_id": response.checkpoint_id,
+        "next_checkpoint_id": response.next_checkpoint_id,
+        "non_restored_vertices": response.non_restored_vertices,
+        "assignments": assignments,
+    })
+}
+
+fn restore_text(job: &str, response: &proto::RestoreResponse) -> String {
+    let mut text = format!(
+        "restored snapshot {} into job {job}; its next checkpoint id is {}\n",
+        response.checkpoint_id, response.next_checkpoint_id
+    );
+    if !response.non_restored_vertices.is_empty() {
+        text.push_str(&format!(
+            "state of vertices the job does not have was skipped: {}\n",
+            response.non_restored_vertices.join(", ")
+        ));
+    }
+    let mut rows = Vec::new();
+    for assignment in &response.assignments {
+        let subtask = subtask_name(assignment.subtask.as_ref());
+        if assignment.handles.is_empty() {
+            rows.push(vec![subtask, "(no state)".to_string()]);
+            continue;
+        }
+        for (i, handle) in assignment.handles.iter().enumerate() {
+            let first = if i == 0 {
+                subtask.clone()
+            } else {
+                String::new()
+            };
+            rows.push(vec![first, handle_text(handle)]);
+        }
+    }
+    text.push('\n');
+    text.push_str(&table(&["SUBTASK", "STATE"], &rows));
+    text
+}
+
+fn snapshot_json(s: &proto::SnapshotStats) -> Value {
+    json!({
+        "checkpoint_id": s.checkpoint_id,
+        "kind": kind_name(s.kind()),
+        "status": status_name(s.status()),
+        "trigger_timestamp_ms": s.trigger_timestamp_ms,
+        "latest_ack_timestamp_ms": s.latest_ack_timestamp_ms,
+        "completion_timestamp_ms": s.completion_timestamp_ms,
+        "acknowledged_subtasks": s.acknowledged_subtasks,
+        "total_subtasks": s.total_subtasks,
+        "state_size_bytes": s.state_size_bytes,
+        "duration_ms": s.duration_ms,
+        "failure_reason": (s.failure_reason() != proto::FailureReason::Unspecified)
+            .then(|| reason_name(s.failure_reason())),
+        "failure_message": (!s.failure_message.is_empty()).then_some(s.failure_message.as_str()),
+        "path": (!s.path.is_empty()).then_some(s.path.as_str()),
+        "subtasks": s.subtasks.iter().map(|t| json!({
+            "vertex_id": t.subtask.as_ref().map(|s| s.vertex_id.as_str()),
+            "subtask_index": t.subtask.as_ref().map(|s| s.subtask_index),
+            "acknowledged": t.acknowledged,
+            "ack_latency_ms": t.ack_latency_ms,
+            "state_size_bytes": t.state_size_bytes,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn summary_json_of(summary: Option<&proto::Summary>) -> Value {
+    summary.map_or(
+        Value::Null,
+        |s| json!({"min": s.min, "avg": s.avg, "max": s.max}),
+    )
+}
+
+fn stats_json(job: &str, stats: &proto::GetCheckpointStatsResponse) -> Value {
+    json!({
+        "job_id": job,
+        "job_status": short_name(stats.job_status().as_str_name(), "JOB_STATUS_"),
+        "failing": stats.failing,
+        "triggered": stats.triggered,
+        "in_progress": stats.in_progress,
+        "completed": stats.completed,
+        "failed": stats.failed,
+        "restored": stats.restored,
+        "discarded_acks": stats.discarded_acks,
+        "consecutive_failures": stats.consecutive_failures,
+        "latest_completed": stats.latest_completed.as_ref().map(snapshot_json),
+        "latest_failed": stats.latest_failed.as_ref().map(snapshot_json),
+        "latest_savepoint": stats.latest_savepoint.as_ref().map(snapshot_json),
+        "latest_restore": stats.latest_restore.as_ref().map(|r| json!({
+            "checkpoint_id": r.checkpoint_id,
+            "path": (!r.path.is_empty()).then_some(r.path.as_str()),
+            "timestamp_ms": r.timestamp_ms,
+        })),
+        "duration_ms": summary_json_of(stats.duration_ms.as_ref()),
+        "state_size_bytes": summary_json_of(stats.state_size_bytes.as_ref()),
+        "history": stats.history.iter().map(snapshot_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One line about a snapshot: `checkpoint 4, 5/5 subtasks, 6 ms, 120 B, 2 s ago`.
+fn snapshot_line(s: &proto::SnapshotStats, now_ms: u64) -> String {
+    let mut line = format!(
+        "{} {}, {}/{} subtasks, {} ms, {}",
+        kind_name(s.kind()).to_ascii_lowercase(),
+        s.checkpoint_id,
+        s.acknowledged_subtasks,
+        s.total_subtasks,
+        s.duration_ms,
+        bytes(s.state_size_bytes),
+    );
+    let when = ago(s.trigger_timestamp_ms, now_ms);
+    if !when.is_empty() {
+        line.push_str(&format!(", {when}"));
+    }
+    if s.failure_reason() != proto::FailureReason::Unspecified {
+        line.push_str(&format!(
+            "\n                  {}: {}",
+            reason_name(s.failure_reason()),
+            s.failure_message
+        ));
+    }
+    if !s.path.is_empty() {
+        line.push_str(&format!("\n                  {}", s.path));
+    }
+    line
+}
+
+fn stats_text(job: &str, stats: &proto::GetCheckpointStatsResponse, now_ms: u64) -> String {
+    let mut text = format!(
+        "job {job}: {}{}\n",
+        short_name(stats.job_status().as_str_name(), "JOB_STATUS_"),
+        if stats.failing {
+            " (failing: too many consecutive checkpoint failures)"
+        } else {
+            ""
+        }
+    );
+    text.push_str(&format!(
+        "snapshots         triggered {}, in progress {}, completed {}, failed {}, restored {}\n",
+        stats.triggered, stats.in_progress, stats.completed, stats.failed, stats.restored
+    ));
+    text.push_str(&format!(
+        "failures          {} consecutive; {} acknowledgements discarded\n",
+        stats.consecutive_failures, stats.discarded_acks
+    ));
+    if let Some(d) = &stats.duration_ms {
+        text.push_str(&format!(
+            "duration          min {} ms, avg {} ms, max {} ms\n",
+            d.min, d.avg, d.max
+        ));
+    }
+    if let Some(s) = &stats.state_size_bytes {
+        text.push_str(&format!(
+            "state size        min {}, avg {}, max {}\n",
+            bytes(s.min),
+            bytes(s.avg),
+            bytes(s.max)
+        ));
+    }
+    let latest = [
+        ("latest completed", &stats.latest_completed),
+        ("latest savepoint", &stats.latest_savepoint),
+        ("latest failed", &stats.latest_failed),
+    ];
+    for (label, snapshot) in latest {
+        let line = snapshot
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |s| snapshot_line(s, now_ms));
+        text.push_str(&format!("{label:<18}{line}\n"));
+    }
+    if let Some(restore) = &stats.latest_restore {
+        let from = if restore.path.is_empty() {
+            "the latest checkpoint".to_string()
+        } else {
+            restore.path.clone()
+        };
+        text.push_str(&format!(
+            "latest restore    snapshot {} from {from}, {}\n",
+            restore.checkpoint_id,
+            ago(restore.timestamp_ms, now_ms)
+        ));
+    }
+
+    if !stats.history.is_empty() {
+        let rows: Vec<Vec<String>> = stats
+            .history
+            .iter()
+            .map(|s| {
+                let detail = if s.failure_reason() != proto::FailureReason::Unspecified {
+                    format!("{}: {}", reason_name(s.failure_reason()), s.failure_message)
+                } else {
+                    s.path.clone()
+                };
+                vec![
+                    s.checkpoint_id.to_string(),
+                    kind_name(s.kind()).to_ascii_lowercase(),
+                    status_name(s.status())
+                        .to_ascii_lowercase()
+                        .replace('_', " "),
+                    format!("{}/{}", s.acknowledged_subtasks, s.total_subtasks),
+                    format!("{} ms", s.duration_ms),
+                    bytes(s.state_size_bytes),
+                    detail,
+                ]
+            })
+            .collect();
+        text.push_str("\nrecent snapshots, newest first:\n");
+        text.push_str(&table(
+            &[
+                "ID", "KIND", "STATUS", "ACKED", "DURATION", "SIZE", "DETAIL",
+            ],
+            &rows,
+        ));
+    }
+
+    if let Some(latest) = &stats.latest_completed
+        && !latest.subtasks.is_empty()
+    {
+        let rows: Vec<Vec<String>> = latest
+            .subtasks
+            .iter()
+            .map(|t| {
+                vec![
+                    subtask_name(t.subtask.as_ref()),
+                    if t.acknowledged { "yes" } else { "no" }.to_string(),
+                    format!("{} ms", t.ack_latency_ms),
+                    bytes(t.state_size_bytes),
+                ]
+            })
+            .collect();
+        text.push_str(&format!(
+            "\nsubtasks of {} {}:\n",
+            kind_name(latest.kind()).to_ascii_lowercase(),
+            latest.checkpoint_id
+        ));
+        text.push_str(&table(&["SUBTASK", "ACKED", "LATENCY", "SIZE"], &rows));
+    }
+    text
+}
+
+fn end_text(end: &SimulationEnd) -> String {
+    match end {
+        SimulationEnd::Shutdown => "stopped".to_string(),
+        SimulationEnd::StreamClosed {
+            task_manager_id,
+            error: None,
+        } => format!("ended: the server closed the stream of {task_manager_id}"),
+        SimulationEnd::StreamClosed {
+            task_manager_id,
+            error: Some(error),
+        } => format!("ended: the stream of {task_manager_id} failed: {error}"),
+    }
+}
+
+fn summary_json(summary: &SimulationSummary) -> Value {
+    let counts = &summary.counts;
+    json!({
+        "task_managers": summary.task_managers,
+        "tasks": summary.tasks,
+        "triggers": counts.triggers,
+        "acks": counts.acks,
+        "notifications": counts.notifications,
+        "aborts": counts.aborts,
+        "stream_errors": counts.stream_errors,
+        "missed_barriers": counts.missed_barriers,
+        "end": end_text(&summary.end),
+    })
+}
+
+fn summary_text(summary: &SimulationSummary) -> String {
+    let counts = &summary.counts;
+    format!(
+        "simulation {}\n\
+         {} task managers, {} tasks: triggers received {}, acknowledgements sent {}, \
+         completions notified {}, aborts {}, refused messages {}, missed barriers {}\n",
+        end_text(&summary.end),
+        summary.task_managers,
+        summary.tasks,
+        counts.triggers,
+        counts.acks,
+        counts.notifications,
+        counts.aborts,
+        counts.stream_errors,
+        counts.missed_barriers,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_job_file_converts_to_the_request() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/job.yaml");
+        let request = JobFile::read(&path).expect("example parses").into_request();
+        assert_eq!(request.job_id, "wordcount");
+        let vertices: Vec<_> = request
+            .vertices
+            .iter()
+            .map(|v| (v.id.as_str(), v.parallelism))
+            .collect();
+        assert_eq!(vertices, [("source", 2), ("map", 2), ("sink", 1)]);
+        assert_eq!(request.trigger_vertices, ["source"]);
+        let policy = request.policy.expect("policy");
+        assert_eq!((policy.interval_ms, policy.retained), (10_000, 2));
+    }
+
+    #[test]
+    fn json_job_files_accept_the_proto_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("job.json");
+        std::fs::write(
+            &path,
+            r#"{"job_id": "j", "vertices": [{"id": "a", "parallelism": 1}],
+                "trigger_vertices": ["a"], "policy": {"interval_ms": 5}}"#,
+        )
+        .expect("write");
+        let request = JobFile::read(&path).expect("parses").into_request();
+        assert_eq!(request.trigger_vertices, ["a"]);
+        assert_eq!(request.policy.expect("policy").interval_ms, 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_extensions_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let typo = dir.path().join("job.yaml");
+        std::fs::write(
+            &typo,
+            "job_id: j\nvertices: []\ntrigger: []\ncheckpointing: {intervall_ms: 5}\n",
+        )
+        .expect("write");
+        let error = format!("{:#}", JobFile::read(&typo).expect_err("typo"));
+        assert!(error.contains("intervall_ms"), "{error}");
+        let toml = dir.path().join("job.toml");
+        std::fs::write(&toml, "").expect("write");
+        let error = format!("{:#}", JobFile::read(&toml).expect_err("extension"));
+        assert!(error.contains(".yaml"), "{error}");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let text = table(
+            &["ID", "KIND"],
+            &[
+                vec!["10".into(), "savepoint".into()],
+                vec!["9".into(), "checkpoint".into()],
+            ],
+        );
+        assert_eq!(text, "ID  KIND\n10  savepoint\n9   checkpoint\n");
+    }
+
+    #[test]
+    fn figures_for_people() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
+        assert_eq!(ago(0, 5_000), "");
+        assert_eq!(ago(1_000, 4_500), "3 s ago");
+        assert_eq!(ago(1_000, 601_000), "10 min ago");
+    }
+
+    #[test]
+    fn stream_error_codes_map_to_names() {
+        assert_eq!(code_name_of("NOT_FOUND"), "NOT_FOUND");
+        assert_eq!(code_name_of("bogus"), "UNKNOWN");
+    }
+
+    #[test]
+    fn empty_stats_render() {
+        let stats = proto::GetCheckpointStatsResponse::default();
+        let text = stats_text("j", &stats, 0);
+        assert!(text.contains("latest completed  none"), "{text}");
+        let json = stats_json("j", &stats);
+        assert_eq!(json["latest_completed"], Value::Null);
+        assert_eq!(json["job_status"], "UNSPECIFIED");
+    }
+}

@@ -3,8 +3,10 @@
 //! [`TaskManagerSession`] is one task manager's `Connect` stream: it says Hello with the
 //! tasks it runs, then receives triggers, completion notices and aborts, and sends
 //! acknowledgements, declines and task state changes. `savepointctl simulate` and the
-//! integration tests are built on it.
+//! integration tests are built on it. [`simulator`] runs a whole job's subtasks on a few
+//! such sessions and acknowledges every snapshot.
 
+pub mod simulator;
 mod task_manager;
 
 pub use task_manager::{Downward, TaskManagerSession};

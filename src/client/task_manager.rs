@@ -5,12 +5,18 @@ use crate::proto;
 use crate::proto::coordinator_message::Message as FromCoordinator;
 use crate::proto::task_gateway_client::TaskGatewayClient;
 use crate::proto::task_manager_message::Message as ToCoordinator;
+use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// Upward messages queued before the stream applies backpressure to the sender.
 const OUTBOUND_BUFFER: usize = 256;
+
+/// Messages that may arrive before Welcome and are kept for [`TaskManagerSession::next_message`].
+/// The server sends a registered task's triggers as soon as the task is registered, which
+/// can be before it sends Welcome; more than this many is not a coordinator talking.
+const MAX_EARLY_MESSAGES: usize = 1024;
 
 /// A message from the coordinator to this task manager (everything but Welcome).
 pub type Downward = FromCoordinator;
@@ -22,6 +28,8 @@ pub struct TaskManagerSession {
     outbound: mpsc::Sender<proto::TaskManagerMessage>,
     inbound: tonic::Streaming<proto::CoordinatorMessage>,
     accepted_tasks: u32,
+    refusals: Vec<proto::StreamError>,
+    early: VecDeque<Downward>,
 }
 
 impl TaskManagerSession {
@@ -46,25 +54,43 @@ impl TaskManagerSession {
             .connect(ReceiverStream::new(receiver))
             .await?
             .into_inner();
-        let accepted_tasks = match inbound.message().await? {
-            Some(proto::CoordinatorMessage {
-                message: Some(FromCoordinator::Welcome(welcome)),
-            }) => welcome.accepted_tasks,
-            Some(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected Welcome as the first message, got {other:?}"
-                )));
+        // The server answers refused Hello tasks with a StreamError each, and may already
+        // send triggers for accepted ones, before its Welcome.
+        let mut refusals = Vec::new();
+        let mut early = VecDeque::new();
+        let accepted_tasks = loop {
+            match inbound.message().await? {
+                Some(proto::CoordinatorMessage {
+                    message: Some(FromCoordinator::Welcome(welcome)),
+                }) => break welcome.accepted_tasks,
+                Some(proto::CoordinatorMessage {
+                    message: Some(FromCoordinator::Error(error)),
+                }) => refusals.push(error),
+                Some(proto::CoordinatorMessage { message: None }) => {}
+                Some(proto::CoordinatorMessage {
+                    message: Some(other),
+                }) => {
+                    if early.len() >= MAX_EARLY_MESSAGES {
+                        return Err(ClientError::Protocol(format!(
+                            "more than {MAX_EARLY_MESSAGES} messages before Welcome"
+                        )));
+                    }
+                    early.push_back(other);
+                }
+                None => return Err(ClientError::Closed),
             }
-            None => return Err(ClientError::Closed),
         };
         Ok(TaskManagerSession {
             task_manager_id: task_manager_id.to_string(),
             outbound,
             inbound,
             accepted_tasks,
+            refusals,
+            early,
         })
     }
 
+    /// The id this session said Hello with.
     pub fn task_manager_id(&self) -> &str {
         &self.task_manager_id
     }
@@ -74,8 +100,17 @@ impl TaskManagerSession {
         self.accepted_tasks
     }
 
+    /// Why the Hello's other tasks were refused: one StreamError per refused task (e.g.
+    /// NOT_FOUND for a job that is not registered).
+    pub fn refusals(&self) -> &[proto::StreamError] {
+        &self.refusals
+    }
+
     /// The next message from the coordinator; None when the server ended the stream.
     pub async fn next_message(&mut self) -> Result<Option<Downward>, ClientError> {
+        if let Some(message) = self.early.pop_front() {
+            return Ok(Some(message));
+        }
         loop {
             match self.inbound.message().await? {
                 None => return Ok(None),
