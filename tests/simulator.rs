@@ -34,6 +34,7 @@ fn two_vertex_job(job_id: &str) -> proto::RegisterJobRequest {
         // No periodic checkpoints, so the counts below are exact.
         policy: Some(proto::CheckpointPolicy::default()),
         savepoint_dir: String::new(),
+        savepoint_policy: None,
     }
 }
 
@@ -86,6 +87,7 @@ async fn savepoint_completes_when_simulated_task_managers_ack_downstream_tasks()
         client.trigger_savepoint(proto::TriggerSavepointRequest {
             job_id: "job-sim".to_string(),
             target_directory: String::new(),
+            ..Default::default()
         }),
     )
     .await

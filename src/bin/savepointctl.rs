@@ -278,6 +278,7 @@ impl JobFile {
                 retained: policy.retained,
                 tolerable_failures: policy.tolerable_failures,
             }),
+            savepoint_policy: None,
             savepoint_dir: self.savepoint_dir.unwrap_or_default(),
         }
     }
@@ -469,6 +470,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     proto::TriggerSavepointRequest {
                         job_id: job.clone(),
                         target_directory: dir.unwrap_or_default(),
+                        ..Default::default()
                     },
                     Duration::from_secs(timeout),
                 ))
@@ -512,6 +514,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         job_id: job.clone(),
                         path,
                         allow_non_restored_state,
+                        ..Default::default()
                     },
                     RPC_TIMEOUT,
                 ))

@@ -534,6 +534,9 @@ impl SimulatedTaskManager {
                 count(&self.progress.counters.stream_errors, 1);
                 tracing::warn!(task_manager = %task_manager_id, checkpoint_id = error.checkpoint_id, code = %error.code, "server refused a message: {}", error.message);
             }
+            Ok(Some(Downward::JobStatusChanged(change))) => {
+                tracing::info!(task_manager = %task_manager_id, job_id = change.job_id, status = change.status, failing = change.failing, "job status changed: {}", change.message);
+            }
             Ok(Some(Downward::Welcome(_))) => {}
             Ok(None) => {
                 return Step::End(SimulationEnd::StreamClosed {
