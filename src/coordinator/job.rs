@@ -206,7 +206,7 @@ impl JobState {
         if self.status != JobStatus::Running {
             return Err(SnapshotFailure::new(
                 FailureReason::JobNotRunning,
-                format!("job {} is {:?}, not RUNNING", self.spec.job_id, self.status),
+                format!("job {} is {}, not RUNNING", self.spec.job_id, self.status),
             ));
         }
         if periodic {
@@ -255,7 +255,7 @@ impl JobState {
                     return Err(SnapshotFailure::new(
                         FailureReason::TasksNotRunning,
                         format!(
-                            "trigger task {} is {:?}, not RUNNING",
+                            "trigger task {} is {}, not RUNNING",
                             self.tasks.subtask_ref(index),
                             slot.state
                         ),
@@ -270,7 +270,7 @@ impl JobState {
                     return Err(SnapshotFailure::new(
                         FailureReason::TasksNotRunning,
                         format!(
-                            "task {} has no live execution attempt ({:?}) to acknowledge",
+                            "task {} has no live execution attempt ({}) to acknowledge",
                             self.tasks.subtask_ref(index),
                             slot.state
                         ),
@@ -818,7 +818,7 @@ impl JobState {
         };
         if state.is_terminal() {
             let why = format!(
-                "task {} (attempt {attempt}) became {state:?}",
+                "task {} (attempt {attempt}) became {state}",
                 self.tasks.subtask_ref(index)
             );
             self.abort_waiting_for(attempt, &why, now_ms, effects);

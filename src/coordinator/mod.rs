@@ -464,7 +464,7 @@ impl Coordinator {
                 stop_scheduler(&mut state);
                 let failure = SnapshotFailure::new(
                     FailureReason::JobNotRunning,
-                    format!("job {} left RUNNING (now {status:?})", job.id),
+                    format!("job {} left RUNNING (now {status})", job.id),
                 );
                 state.abort_all(None, &failure, self.inner.clock.now_ms(), &mut effects);
             }
@@ -899,7 +899,7 @@ impl Coordinator {
             }
             if task.state.is_terminal() {
                 let why = format!(
-                    "task {}#{} registered as {:?}",
+                    "task {}#{} registered as {}",
                     task.vertex_id, task.subtask_index, task.state
                 );
                 state.abort_waiting_for(task.attempt_id, &why, now_ms, &mut effects);

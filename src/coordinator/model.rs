@@ -472,6 +472,48 @@ impl CompletedSnapshot {
     }
 }
 
+impl fmt::Display for JobStatus {
+    /// The wire name (as in the proto), which is what users see in every other tool.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JobStatus::Created => "CREATED",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Failing => "FAILING",
+            JobStatus::Failed => "FAILED",
+            JobStatus::Cancelling => "CANCELLING",
+            JobStatus::Canceled => "CANCELED",
+            JobStatus::Finished => "FINISHED",
+            JobStatus::Suspended => "SUSPENDED",
+            JobStatus::Restarting => "RESTARTING",
+        })
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TaskState::Created => "CREATED",
+            TaskState::Scheduled => "SCHEDULED",
+            TaskState::Deploying => "DEPLOYING",
+            TaskState::Running => "RUNNING",
+            TaskState::Finished => "FINISHED",
+            TaskState::Canceling => "CANCELING",
+            TaskState::Canceled => "CANCELED",
+            TaskState::Failed => "FAILED",
+        })
+    }
+}
+
+impl fmt::Display for SavepointTrigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SavepointTrigger::Manual => "MANUAL",
+            SavepointTrigger::Periodic => "PERIODIC",
+            SavepointTrigger::Stop => "STOP",
+        })
+    }
+}
+
 /// Why a savepoint was taken.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum SavepointTrigger {

@@ -83,7 +83,7 @@ impl Coordinator {
         {
             if existing.trigger != request.trigger {
                 return Err(CoreError::AlreadyExists(format!(
-                    "request id {id} was already used for a {:?} savepoint of job {}",
+                    "request id {id} was already used for a {} savepoint of job {}",
                     existing.trigger, job.id
                 )));
             }
@@ -376,7 +376,7 @@ impl Coordinator {
                     .find(|p| p.options.trigger == Some(SavepointTrigger::Periodic))
                     .map(|p| p.id);
                 if state.status != JobStatus::Running {
-                    Some(format!("job is {:?}, not RUNNING", state.status))
+                    Some(format!("job is {}, not RUNNING", state.status))
                 } else {
                     previous
                         .map(|id| format!("the previous periodic savepoint {id} is still pending"))

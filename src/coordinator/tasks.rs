@@ -189,7 +189,7 @@ impl TaskTable {
         for (index, slot) in self.slots.iter().enumerate() {
             if slot.attempt.is_some() && slot.state != TaskState::Created {
                 return Err(format!(
-                    "subtask {} is {:?}, all subtasks must be CREATED (or not yet deployed) \
+                    "subtask {} is {}, all subtasks must be CREATED (or not yet deployed) \
                      to restore state",
                     self.subtask_ref(index as u32),
                     slot.state

@@ -1714,7 +1714,7 @@ async fn pending_savepoints_fail_when_the_job_leaves_running() {
     h.sent();
     h.set_status(JobStatus::Cancelling).await;
     let message = expect_failure(handle.wait().await, FailureReason::JobNotRunning);
-    assert!(message.contains("Cancelling"), "{message}");
+    assert!(message.contains("CANCELLING"), "{message}");
     assert_eq!(h.sent(), aborted(1, FailureReason::JobNotRunning, &ALL));
     expect_refused(
         h.coordinator
