@@ -3,9 +3,11 @@
 
 mod common;
 
-use common::{Acks, Cluster, TestServer, job, policy, register, set_status, state_of, stats};
+use common::{
+    Acks, Cluster, TestServer, assignment, job, policy, register, set_status, state_of, stats,
+};
+use savepoint_coordinator::proto;
 use savepoint_coordinator::proto::savepoint_service_client::SavepointServiceClient;
-use savepoint_coordinator::proto::{self, SubtaskAssignment};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -48,28 +50,9 @@ async fn restore(
         .map(tonic::Response::into_inner)
 }
 
-fn assignment(vertex: &str, subtask: u32, handles: Vec<proto::StateHandle>) -> SubtaskAssignment {
-    SubtaskAssignment {
-        subtask: Some(proto::SubtaskRef {
-            vertex_id: vertex.to_string(),
-            subtask_index: subtask,
-        }),
-        handles,
-    }
-}
-
-/// What each subtask of `vertices` gets when the parallelism is unchanged: exactly the
-/// state its namesake acknowledged for checkpoint `id`.
-fn unchanged(vertices: &[(&str, u32)], id: u64) -> Vec<SubtaskAssignment> {
-    vertices
-        .iter()
-        .flat_map(|&(vertex, parallelism)| {
-            (0..parallelism).map(move |i| {
-                let handle = state_of(vertex, i, parallelism, KEYED.contains(&vertex), id);
-                assignment(vertex, i, vec![handle])
-            })
-        })
-        .collect()
+/// What each subtask gets when its vertex keeps its parallelism.
+fn unchanged(vertices: &[(&str, u32)], id: u64) -> Vec<proto::SubtaskAssignment> {
+    common::unchanged_assignments(vertices, KEYED, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

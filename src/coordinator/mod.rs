@@ -885,7 +885,7 @@ impl Coordinator {
             restore::map_snapshot(&state.spec, snapshot, allow_non_restored_state)
                 .map_err(CoreError::FailedPrecondition)?
         };
-        job.ids.advance_past(snapshot.checkpoint_id).await?;
+        let next_checkpoint_id = job.ids.advance_past(snapshot.checkpoint_id).await?;
         {
             let mut state = job.lock();
             state.max_issued_id = state.max_issued_id.max(snapshot.checkpoint_id);
@@ -899,7 +899,7 @@ impl Coordinator {
         Ok(Restored {
             checkpoint_id: snapshot.checkpoint_id,
             mapping,
-            next_checkpoint_id: CheckpointId(snapshot.checkpoint_id.0 + 1),
+            next_checkpoint_id,
         })
     }
 

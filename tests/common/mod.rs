@@ -241,6 +241,39 @@ pub fn state_of(
     }
 }
 
+/// One entry of a restore's assignment.
+pub fn assignment(
+    vertex: &str,
+    subtask: u32,
+    handles: Vec<proto::StateHandle>,
+) -> proto::SubtaskAssignment {
+    proto::SubtaskAssignment {
+        subtask: Some(proto::SubtaskRef {
+            vertex_id: vertex.to_string(),
+            subtask_index: subtask,
+        }),
+        handles,
+    }
+}
+
+/// The assignment a restore of checkpoint `id` gives `vertices` when their parallelism
+/// is unchanged: every subtask gets exactly what its namesake acknowledged.
+pub fn unchanged_assignments(
+    vertices: &[(&str, u32)],
+    keyed: &[&str],
+    id: u64,
+) -> Vec<proto::SubtaskAssignment> {
+    vertices
+        .iter()
+        .flat_map(|&(vertex, parallelism)| {
+            (0..parallelism).map(move |i| {
+                let handle = state_of(vertex, i, parallelism, keyed.contains(&vertex), id);
+                assignment(vertex, i, vec![handle])
+            })
+        })
+        .collect()
+}
+
 /// One subtask attempt run by a simulated task manager.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimTask {
@@ -485,6 +518,15 @@ impl Cluster {
             reason: reason.to_string(),
         });
         task
+    }
+
+    /// Waits until the server has closed every task manager's stream.
+    pub async fn wait_until_closed(mut self) {
+        for worker in self.workers.drain(..) {
+            within("the server to close the streams", worker)
+                .await
+                .expect("task manager worker");
+        }
     }
 
     fn trigger_of(&self, checkpoint_id: u64) -> proto::TriggerCheckpoint {
