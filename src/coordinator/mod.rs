@@ -831,7 +831,18 @@ impl Coordinator {
             return Err(CoreError::InvalidArgument("path must not be empty".into()));
         }
         let _admin = job.admin.lock().await;
-        let snapshot = self.inner.stores.savepoints.read(path).await?;
+        let snapshot =
+            self.inner
+                .stores
+                .savepoints
+                .read(path)
+                .await
+                .map_err(|error| match error {
+                    StoreError::InvalidLocation { .. } => {
+                        CoreError::InvalidArgument(format!("path: {error}"))
+                    }
+                    other => other.into(),
+                })?;
         self.apply_restore(
             &job,
             &snapshot,
