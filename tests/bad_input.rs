@@ -281,16 +281,16 @@ async fn corrupted_savepoint_metadata_is_data_loss() {
         path: savepoint.path.clone(),
         allow_non_restored_state: false,
     };
-    let corruptions: [(&str, fn(&mut Vec<u8>)); 3] = [
-        ("a flipped payload byte", |bytes| {
-            *bytes.last_mut().expect("payload") ^= 0xff
-        }),
-        ("a truncated file", |bytes| bytes.truncate(bytes.len() - 3)),
-        ("a damaged header", |bytes| bytes[0] ^= 0xff),
-    ];
-    for (what, corrupt) in corruptions {
-        let mut bytes = intact.clone();
-        corrupt(&mut bytes);
+    let mut flipped = intact.clone();
+    *flipped.last_mut().expect("payload") ^= 0xff;
+    let truncated = intact[..intact.len() - 3].to_vec();
+    let mut bad_magic = intact.clone();
+    bad_magic[0] ^= 0xff;
+    for (what, bytes) in [
+        ("a flipped payload byte", flipped),
+        ("a truncated file", truncated),
+        ("a damaged header", bad_magic),
+    ] {
         std::fs::write(&metadata, &bytes).expect("write");
         let status = within(
             "RestoreSavepoint",
