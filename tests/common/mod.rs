@@ -27,6 +27,11 @@ use tonic::transport::Channel;
 /// Upper bound of every wait; a healthy run needs milliseconds, a loaded CI machine more.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long a server may take to stop; below its shutdown grace period, so a drain that
+/// hangs until the grace period cuts it short fails the test.
+const STOP_WITHIN: Duration = Duration::from_secs(3);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
+
 /// Awaits `future`, failing the test if it takes longer than [`WAIT`].
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, future)
@@ -49,7 +54,7 @@ impl TestServer {
         let address = listener.local_addr().expect("bound address");
         let config = ServerConfig {
             data_dir: data_dir.to_path_buf(),
-            shutdown_grace: Duration::from_secs(5),
+            shutdown_grace: SHUTDOWN_GRACE,
             ..ServerConfig::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -64,12 +69,13 @@ impl TestServer {
         }
     }
 
-    /// Stops the server gracefully and checks that it ended without error.
+    /// Stops the server and checks that it drained in time and ended without error.
     pub async fn stop(mut self) {
         let _ = self.stop.take().expect("running").send(());
         let running = self.running.take().expect("running");
-        within("the server to stop", running)
+        tokio::time::timeout(STOP_WITHIN, running)
             .await
+            .unwrap_or_else(|_| panic!("the server did not stop within {STOP_WITHIN:?}"))
             .expect("server task panicked")
             .expect("server::run failed");
     }
