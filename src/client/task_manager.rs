@@ -13,9 +13,9 @@ use tonic::transport::Channel;
 /// Upward messages queued before the stream applies backpressure to the sender.
 const OUTBOUND_BUFFER: usize = 256;
 
-/// Messages that may arrive before Welcome and are kept for [`TaskManagerSession::next_message`].
-/// The server sends a registered task's triggers as soon as the task is registered, which
-/// can be before it sends Welcome; more than this many is not a coordinator talking.
+/// Messages that arrive while the refusals of Hello tasks are collected, kept for
+/// [`TaskManagerSession::next_message`]: an accepted task may already get a trigger. More
+/// than this many is not a coordinator talking.
 const MAX_EARLY_MESSAGES: usize = 1024;
 
 /// A message from the coordinator to this task manager (everything but Welcome).
@@ -33,13 +33,15 @@ pub struct TaskManagerSession {
 }
 
 impl TaskManagerSession {
-    /// Opens the stream, says Hello with `tasks` and waits for the Welcome.
+    /// Opens the stream, says Hello with `tasks` and waits for the Welcome and the
+    /// reasons for any refused task.
     pub async fn connect(
         channel: Channel,
         task_manager_id: &str,
         tasks: Vec<proto::TaskInfo>,
     ) -> Result<TaskManagerSession, ClientError> {
         let (outbound, receiver) = mpsc::channel(OUTBOUND_BUFFER);
+        let tasks_offered = tasks.len();
         let hello = proto::TaskManagerMessage {
             message: Some(ToCoordinator::Hello(proto::Hello {
                 task_manager_id: task_manager_id.to_string(),
@@ -54,15 +56,25 @@ impl TaskManagerSession {
             .connect(ReceiverStream::new(receiver))
             .await?
             .into_inner();
-        // The server answers refused Hello tasks with a StreamError each, and may already
-        // send triggers for accepted ones, before its Welcome.
+        let offered = tasks_offered;
+        let accepted_tasks = match inbound.message().await? {
+            Some(proto::CoordinatorMessage {
+                message: Some(FromCoordinator::Welcome(welcome)),
+            }) => welcome.accepted_tasks,
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Welcome as the first message, got {other:?}"
+                )));
+            }
+            None => return Err(ClientError::Closed),
+        };
+        // Right after Welcome the server explains each refused Hello task with a
+        // StreamError; triggers for accepted tasks may come in between.
         let mut refusals = Vec::new();
         let mut early = VecDeque::new();
-        let accepted_tasks = loop {
+        let refused = offered.saturating_sub(accepted_tasks as usize);
+        while refusals.len() < refused {
             match inbound.message().await? {
-                Some(proto::CoordinatorMessage {
-                    message: Some(FromCoordinator::Welcome(welcome)),
-                }) => break welcome.accepted_tasks,
                 Some(proto::CoordinatorMessage {
                     message: Some(FromCoordinator::Error(error)),
                 }) => refusals.push(error),
@@ -72,14 +84,15 @@ impl TaskManagerSession {
                 }) => {
                     if early.len() >= MAX_EARLY_MESSAGES {
                         return Err(ClientError::Protocol(format!(
-                            "more than {MAX_EARLY_MESSAGES} messages before Welcome"
+                            "more than {MAX_EARLY_MESSAGES} messages before the refusals of \
+                             {refused} Hello tasks"
                         )));
                     }
                     early.push_back(other);
                 }
                 None => return Err(ClientError::Closed),
             }
-        };
+        }
         Ok(TaskManagerSession {
             task_manager_id: task_manager_id.to_string(),
             outbound,

@@ -39,15 +39,19 @@ impl SharedIdCounter {
         Ok(CheckpointId(id))
     }
 
-    /// Makes every later ID greater than `id` (restore of snapshot `id`).
-    pub async fn advance_past(&self, id: CheckpointId) -> StoreResult<()> {
+    /// Makes every later ID greater than `id` (restore of snapshot `id`) and returns the
+    /// ID that [`next`](Self::next) hands out next.
+    pub async fn advance_past(&self, id: CheckpointId) -> StoreResult<CheckpointId> {
         let mut block = self.block.lock().await;
         self.store.advance_past(&self.job, id).await?;
-        if block.0 <= id.0 {
-            // The rest of the block is at or below the restored id: drop it.
-            *block = (0, 0);
+        if block.0 <= id.0 || block.0 >= block.1 {
+            // The rest of the block is at or below the restored id, or used up. The store
+            // may be further ahead than `id` (IDs of an earlier run), so reserve now to
+            // learn the real next ID; the unused rest of the old block is a gap.
+            let first = self.store.reserve(&self.job, self.block_size).await?.0;
+            *block = (first, first + self.block_size);
         }
-        Ok(())
+        Ok(CheckpointId(block.0))
     }
 
     /// The ID the next call to [`next`](Self::next) returns, if it is known without I/O.

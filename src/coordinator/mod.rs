@@ -995,7 +995,18 @@ impl Coordinator {
             return Err(CoreError::InvalidArgument("path must not be empty".into()));
         }
         let _admin = job.admin.lock().await;
-        let mut snapshot = self.inner.stores.savepoints.read(path).await?;
+        let mut snapshot = self
+            .inner
+            .stores
+            .savepoints
+            .read(path)
+            .await
+            .map_err(|error| match error {
+                StoreError::InvalidLocation { .. } => {
+                    CoreError::InvalidArgument(format!("path: {error}"))
+                }
+                other => other.into(),
+            })?;
         let restored = self
             .apply_restore(
                 &job,
@@ -1064,7 +1075,7 @@ impl Coordinator {
             restore::map_snapshot(&state.spec, snapshot, allow_non_restored_state)
                 .map_err(CoreError::FailedPrecondition)?
         };
-        job.ids.advance_past(snapshot.checkpoint_id).await?;
+        let next_checkpoint_id = job.ids.advance_past(snapshot.checkpoint_id).await?;
         {
             let mut state = job.lock();
             state.max_issued_id = state.max_issued_id.max(snapshot.checkpoint_id);
@@ -1079,7 +1090,7 @@ impl Coordinator {
         Ok(Restored {
             checkpoint_id: snapshot.checkpoint_id,
             mapping,
-            next_checkpoint_id: CheckpointId(snapshot.checkpoint_id.0 + 1),
+            next_checkpoint_id,
         })
     }
 

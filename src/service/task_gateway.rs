@@ -5,7 +5,10 @@
 //! opens a session in the core (a generation), attaches a bounded channel to the
 //! [`StreamRegistry`] *before* registering the Hello tasks (so nothing sent because of a
 //! registration is lost), answers Welcome, and spawns one task that reads the rest of the
-//! stream. A bad upward message never ends the stream: it is answered with a StreamError.
+//! stream. Welcome is put in front of the channel's messages rather than sent through it,
+//! so it is always the first message even when a refused Hello task or a trigger racing
+//! the registration was queued before it. A bad upward message never ends the stream: it
+//! is answered with a StreamError.
 //! When the stream ends, fails, or the server shuts down, the session is closed in the core
 //! (its attempts count as lost) and detached from the registry.
 
@@ -17,10 +20,12 @@ use crate::coordinator::model::TaskManagerId;
 use crate::proto;
 use crate::proto::task_gateway_server::TaskGateway;
 use crate::proto::task_manager_message::Message as Upward;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// How long a new stream may take to send Hello before the call is refused.
@@ -264,7 +269,8 @@ impl TaskGateway for TaskGatewayRpc {
         Ok(Response::new(proto::DeclineResponse { aborted }))
     }
 
-    type ConnectStream = ReceiverStream<Result<proto::CoordinatorMessage, Status>>;
+    type ConnectStream =
+        Pin<Box<dyn Stream<Item = Result<proto::CoordinatorMessage, Status>> + Send>>;
 
     async fn connect(
         &self,
@@ -288,17 +294,14 @@ impl TaskGateway for TaskGatewayRpc {
         };
         let offered = hello.tasks.len();
         let accepted_tasks = session.register_tasks(hello.tasks);
-        session.registry.send_to_session(
-            &tm,
-            generation,
-            proto::CoordinatorMessage {
-                message: Some(proto::coordinator_message::Message::Welcome(
-                    proto::Welcome { accepted_tasks },
-                )),
-            },
-        );
+        let welcome = proto::CoordinatorMessage {
+            message: Some(proto::coordinator_message::Message::Welcome(
+                proto::Welcome { accepted_tasks },
+            )),
+        };
         tracing::info!(task_manager = %tm, generation, accepted_tasks, offered, "task manager connected");
         tokio::spawn(session.run(inbound, self.shutdown.clone()));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        let messages = tokio_stream::once(Ok(welcome)).chain(ReceiverStream::new(receiver));
+        Ok(Response::new(Box::pin(messages)))
     }
 }

@@ -1,0 +1,319 @@
+//! What the server answers to requests it cannot take: unknown jobs, malformed fields,
+//! bad tasks in a Hello, and corrupted savepoint metadata.
+
+mod common;
+
+use common::{Acks, Cluster, TestServer, job, policy, register, set_status, stats, within};
+use savepoint_coordinator::client::{Downward, TaskManagerSession};
+use savepoint_coordinator::proto;
+use savepoint_coordinator::proto::task_manager_message::Message as Upward;
+use tonic::Code;
+
+/// The message of an INVALID_ARGUMENT status; fails the test for anything else.
+fn invalid<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> String {
+    let status = result.expect_err("expected INVALID_ARGUMENT");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status.message().to_string()
+}
+
+fn ack(job_id: &str, checkpoint_id: u64, attempt_id: u64) -> proto::AcknowledgeRequest {
+    proto::AcknowledgeRequest {
+        job_id: job_id.to_string(),
+        checkpoint_id,
+        attempt_id,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledge_for_an_unknown_job_is_not_found_and_touches_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let mut gateway = server.gateway().await;
+    register(&mut client, &job("real", &[("src", 1)], policy(0, 0))).await;
+
+    let status = within("Acknowledge", gateway.acknowledge(ack("ghost", 1, 1)))
+        .await
+        .expect_err("no such job");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(status.message(), "job \"ghost\" is not registered");
+    let decline = proto::DeclineRequest {
+        job_id: "ghost".into(),
+        checkpoint_id: 1,
+        attempt_id: 1,
+        reason: "why".into(),
+        fencing_token: 0,
+    };
+    let status = within("Decline", gateway.decline(decline))
+        .await
+        .expect_err("no such job");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // The same over a task manager's stream: answered with a StreamError, stream kept.
+    let mut session = within(
+        "a task manager",
+        TaskManagerSession::connect(server.channel().await, "tm-0", vec![]),
+    )
+    .await
+    .expect("connect");
+    session
+        .send(Upward::Acknowledge(ack("ghost", 7, 1)))
+        .await
+        .expect("send");
+    let reply = within("a stream error", session.next_message()).await;
+    match reply.expect("stream open") {
+        Some(Downward::Error(error)) => {
+            assert_eq!(
+                (
+                    error.code.as_str(),
+                    error.job_id.as_str(),
+                    error.checkpoint_id
+                ),
+                ("NOT_FOUND", "ghost", 7)
+            );
+        }
+        other => panic!("expected a StreamError, got {other:?}"),
+    }
+
+    let stats = stats(&mut client, "real").await;
+    assert_eq!((stats.discarded_acks, stats.triggered), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_invalid_arguments_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let mut gateway = server.gateway().await;
+    let good = job("good", &[("src", 1), ("sink", 1)], policy(0, 0));
+    register(&mut client, &good).await;
+
+    let with = |change: fn(&mut proto::RegisterJobRequest)| {
+        let mut request = good.clone();
+        request.job_id = "other".into();
+        change(&mut request);
+        request
+    };
+    let bad_jobs = [
+        (with(|r| r.job_id.clear()), "job_id must not be empty"),
+        (
+            with(|r| r.job_id = "../x".into()),
+            "job_id must not start with '.'",
+        ),
+        (
+            with(|r| r.job_id = "a/b".into()),
+            "job_id contains '/'; only letters, digits, '.', '_' and '-' are allowed",
+        ),
+        (with(|r| r.vertices.clear()), "vertices must not be empty"),
+        (
+            with(|r| r.vertices[1].parallelism = 0),
+            "vertices[1].parallelism must be at least 1",
+        ),
+        (
+            with(|r| r.trigger_vertices = vec!["nope".into()]),
+            "trigger_vertices names unknown vertex \"nope\"",
+        ),
+        (
+            with(|r| r.trigger_vertices.clear()),
+            "trigger_vertices must name at least one vertex (the sources)",
+        ),
+        (
+            with(|r| r.policy = Some(policy(5, 0))),
+            "policy.interval_ms is 5, at least 10 ms required",
+        ),
+    ];
+    for (request, expected) in bad_jobs {
+        let message = invalid(within("RegisterJob", client.register_job(request)).await);
+        assert_eq!(message, expected);
+    }
+    let message = invalid(
+        within(
+            "RegisterJob",
+            client.register_job(with(|r| r.savepoint_dir = "relative/dir".into())),
+        )
+        .await,
+    );
+    assert!(message.starts_with("savepoint_dir: "), "{message}");
+
+    let status = proto::UpdateJobStatusRequest {
+        job_id: "good".into(),
+        status: proto::JobStatus::Unspecified.into(),
+    };
+    let message = invalid(within("UpdateJobStatus", client.update_job_status(status)).await);
+    assert_eq!(message, "status must be set");
+
+    let savepoint = proto::TriggerSavepointRequest {
+        job_id: "good".into(),
+        target_directory: "relative/dir".into(),
+        ..Default::default()
+    };
+    let message = invalid(within("TriggerSavepoint", client.trigger_savepoint(savepoint)).await);
+    assert!(message.starts_with("target_directory: "), "{message}");
+
+    let restore = |path: &str| proto::RestoreSavepointRequest {
+        job_id: "good".into(),
+        path: path.into(),
+        allow_non_restored_state: false,
+        ..Default::default()
+    };
+    let message = invalid(within("RestoreSavepoint", client.restore_savepoint(restore(""))).await);
+    assert_eq!(message, "path must not be empty");
+    let message = invalid(
+        within(
+            "RestoreSavepoint",
+            client.restore_savepoint(restore("relative/sp")),
+        )
+        .await,
+    );
+    assert!(message.starts_with("path: "), "{message}");
+
+    let mut no_data = ack("good", 1, 1);
+    no_data.handles = vec![proto::StateHandle::default()];
+    let bad_acks = [
+        (ack("good", 1, 0), "attempt_id must not be 0"),
+        (
+            ack("good", 0, 1),
+            "checkpoint_id must not be 0 (checkpoint ids start at 1)",
+        ),
+        (ack("", 1, 1), "job_id must not be empty"),
+        (no_data, "handles[0].data must be set (inline or reference)"),
+    ];
+    for (request, expected) in bad_acks {
+        let message = invalid(within("Acknowledge", gateway.acknowledge(request)).await);
+        assert_eq!(message, expected);
+    }
+    let decline = proto::DeclineRequest {
+        job_id: "good".into(),
+        checkpoint_id: 1,
+        attempt_id: 0,
+        reason: String::new(),
+        fencing_token: 0,
+    };
+    let message = invalid(within("Decline", gateway.decline(decline)).await);
+    assert_eq!(message, "attempt_id must not be 0");
+
+    // None of it registered anything.
+    let status = within(
+        "GetCheckpointStats",
+        client.get_checkpoint_stats(proto::GetCheckpointStatsRequest {
+            job_id: "other".into(),
+        }),
+    )
+    .await
+    .expect_err("no job was registered");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_with_bad_tasks_is_welcomed_and_told_what_was_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.savepoints().await;
+    register(&mut client, &job("hello", &[("src", 2)], policy(0, 0))).await;
+
+    let task = |job_id: &str, subtask_index: u32, attempt_id: u64| proto::TaskInfo {
+        job_id: job_id.to_string(),
+        subtask: Some(proto::SubtaskRef {
+            vertex_id: "src".into(),
+            subtask_index,
+        }),
+        attempt_id,
+        state: proto::TaskState::Running.into(),
+    };
+    let tasks = vec![
+        task("hello", 0, 1),
+        task("hello", 1, 0),
+        task("ghost", 0, 2),
+        task("hello", 7, 3),
+    ];
+    let session = within(
+        "the Welcome",
+        TaskManagerSession::connect(server.channel().await, "tm-0", tasks),
+    )
+    .await
+    .expect("a Hello with some bad tasks is still welcomed");
+    assert_eq!(session.accepted_tasks(), 1);
+
+    let refused: Vec<(String, String)> = session
+        .refusals()
+        .iter()
+        .map(|error| (error.code.clone(), error.message.clone()))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            (
+                "INVALID_ARGUMENT".to_string(),
+                "tasks[1].attempt_id must not be 0".to_string()
+            ),
+            (
+                "NOT_FOUND".to_string(),
+                "job \"ghost\" is not registered".to_string()
+            ),
+            (
+                "INVALID_ARGUMENT".to_string(),
+                "job hello has no subtask src#7".to_string()
+            ),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_savepoint_metadata_is_data_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let vertices = &[("src", 1), ("sink", 1)];
+    let origin = job("origin", vertices, policy(0, 0));
+    register(&mut client, &origin).await;
+    let _cluster = Cluster::start(&server, &origin, 1, Acks::All, &[]).await;
+    set_status(&mut client, "origin", proto::JobStatus::Running).await;
+    let savepoint = common::trigger_savepoint(&mut client, "origin")
+        .await
+        .expect("savepoint");
+    register(&mut client, &job("target", vertices, policy(0, 0))).await;
+
+    let metadata = std::path::Path::new(&savepoint.path).join("_metadata");
+    let intact = std::fs::read(&metadata).expect("metadata");
+    let restore = proto::RestoreSavepointRequest {
+        job_id: "target".into(),
+        path: savepoint.path.clone(),
+        allow_non_restored_state: false,
+        ..Default::default()
+    };
+    let mut flipped = intact.clone();
+    *flipped.last_mut().expect("payload") ^= 0xff;
+    let truncated = intact[..intact.len() - 3].to_vec();
+    let mut bad_magic = intact.clone();
+    bad_magic[0] ^= 0xff;
+    for (what, bytes) in [
+        ("a flipped payload byte", flipped),
+        ("a truncated file", truncated),
+        ("a damaged header", bad_magic),
+    ] {
+        std::fs::write(&metadata, &bytes).expect("write");
+        let status = within(
+            "RestoreSavepoint",
+            client.restore_savepoint(restore.clone()),
+        )
+        .await
+        .expect_err(what);
+        assert_eq!(status.code(), Code::DataLoss, "{what}: {status:?}");
+        assert!(
+            status.message().contains(metadata.to_str().expect("utf-8")),
+            "{what}: {status:?}"
+        );
+    }
+
+    std::fs::write(&metadata, &intact).expect("write");
+    let restored = within("RestoreSavepoint", client.restore_savepoint(restore))
+        .await
+        .expect("the intact metadata restores")
+        .into_inner();
+    assert_eq!(
+        restored.assignments,
+        common::unchanged_assignments(vertices, &[], savepoint.checkpoint_id)
+    );
+    assert_eq!(stats(&mut client, "target").await.restored, 1);
+}
