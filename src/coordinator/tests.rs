@@ -298,15 +298,7 @@ impl Harness {
     /// A coordinator on a fresh memory store, with no job yet.
     fn new() -> Harness {
         let memory = Arc::new(MemoryStore::default());
-        let stores = Stores {
-            ids: memory.clone(),
-            jobs: memory.clone(),
-            checkpoints: memory.clone(),
-            savepoints: memory.clone(),
-            owned_state: memory.clone(),
-            operations: memory.clone(),
-        };
-        Harness::on(stores, Some(memory))
+        Harness::on(Stores::all_in(memory.clone()), Some(memory))
     }
 
     fn on(stores: Stores, memory: Option<Arc<MemoryStore>>) -> Harness {

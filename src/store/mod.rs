@@ -181,7 +181,27 @@ pub struct Stores {
 impl Stores {
     /// Everything in memory: for unit tests only, nothing survives the process.
     pub fn memory() -> Stores {
-        let store = Arc::new(memory::MemoryStore::default());
+        Stores::all_in(Arc::new(memory::MemoryStore::default()))
+    }
+
+    /// The embedded default: everything under `data_dir` on the local filesystem.
+    pub fn filesystem(data_dir: impl Into<std::path::PathBuf>) -> StoreResult<Stores> {
+        Ok(Stores::all_in(Arc::new(fs::FsStore::open(
+            data_dir.into(),
+        )?)))
+    }
+
+    /// Every role served by one backend.
+    pub fn all_in<S>(store: Arc<S>) -> Stores
+    where
+        S: IdCounterStore
+            + JobStore
+            + CompletedCheckpointStore
+            + SavepointStore
+            + OwnedStateStore
+            + OperationStore
+            + 'static,
+    {
         Stores {
             ids: store.clone(),
             jobs: store.clone(),
@@ -190,19 +210,6 @@ impl Stores {
             owned_state: store.clone(),
             operations: store,
         }
-    }
-
-    /// The embedded default: everything under `data_dir` on the local filesystem.
-    pub fn filesystem(data_dir: impl Into<std::path::PathBuf>) -> StoreResult<Stores> {
-        let store = Arc::new(fs::FsStore::open(data_dir.into())?);
-        Ok(Stores {
-            ids: store.clone(),
-            jobs: store.clone(),
-            checkpoints: store.clone(),
-            savepoints: store.clone(),
-            owned_state: store.clone(),
-            operations: store,
-        })
     }
 }
 
