@@ -821,6 +821,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_disposal_interrupted_by_a_crash_is_finished_on_resume() {
+        let data = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let sp = snapshot(3, SnapshotKind::Savepoint);
+        let path = store
+            .write(
+                target.path().to_str().unwrap(),
+                &sp,
+                SavepointTrigger::Periodic,
+            )
+            .await
+            .unwrap();
+        // The crash came right after the index entry was marked retired.
+        let index = store.inner.savepoint_record(&job(), CheckpointId(3));
+        let mut entry: IndexEntry = read_record(RecordKind::SavepointIndex, &index)
+            .unwrap()
+            .unwrap();
+        entry.retired = true;
+        write_record(&store.inner, RecordKind::SavepointIndex, &index, &entry).unwrap();
+
+        assert!(
+            store.list(&job()).await.unwrap().is_empty(),
+            "not listed any more"
+        );
+        assert!(Path::new(&path).exists(), "its files are still there");
+        let reopened = FsStore::open(data.path().to_path_buf()).unwrap();
+        assert_eq!(reopened.resume_disposals(&job()).await.unwrap(), 1);
+        assert!(!Path::new(&path).exists(), "no orphaned files");
+        assert!(!index.exists());
+        assert_eq!(reopened.resume_disposals(&job()).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn operations_round_trip_and_bad_ids_are_refused() {
+        use crate::coordinator::model::{OperationOutcome, SavepointOperation};
+        let data = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let operation = SavepointOperation {
+            operation_id: "deploy-7".to_string(),
+            job_id: job(),
+            checkpoint_id: CheckpointId(9),
+            trigger: SavepointTrigger::Stop,
+            drain: true,
+            path: "/sp/savepoint-job-a-9".to_string(),
+            trigger_timestamp_ms: 5,
+            outcome: OperationOutcome::Pending,
+        };
+        OperationStore::save(&store, &operation).await.unwrap();
+        let done = SavepointOperation {
+            outcome: OperationOutcome::Completed {
+                completion_timestamp_ms: 8,
+                state_size_bytes: 3,
+            },
+            ..operation.clone()
+        };
+        OperationStore::save(&store, &done).await.unwrap();
+        let reopened = FsStore::open(data.path().to_path_buf()).unwrap();
+        assert_eq!(
+            OperationStore::load_all(&reopened, &job()).await.unwrap(),
+            vec![done]
+        );
+        let bad = SavepointOperation {
+            operation_id: "../escape".to_string(),
+            ..operation
+        };
+        assert!(matches!(
+            OperationStore::save(&store, &bad).await,
+            Err(StoreError::InvalidLocation { .. })
+        ));
+        OperationStore::remove(&store, &job(), "deploy-7")
+            .await
+            .unwrap();
+        assert!(
+            OperationStore::load_all(&store, &job())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
     async fn truncated_savepoint_metadata_is_corrupted_not_missing() {
         let data = tempfile::tempdir().unwrap();
         let target = tempfile::tempdir().unwrap();
