@@ -174,11 +174,23 @@ pub async fn run(
              acknowledgements are refused by the message size limit instead"
         );
     }
-    let default_savepoint_dir = config.savepoint_dir()?;
     let stores = Stores::filesystem(&config.data_dir).map_err(|source| ServerError::Store {
         data_dir: config.data_dir.clone(),
         source,
     })?;
+    run_with_stores(config, stores, listener, shutdown).await
+}
+
+/// Like [`run`], on the given stores instead of the filesystem store under
+/// `config.data_dir` (tests wrap that store to inject faults).
+pub async fn run_with_stores(
+    config: ServerConfig,
+    stores: Stores,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let default_savepoint_dir = config.savepoint_dir()?;
     let registry = Arc::new(StreamRegistry::new());
     let coordinator = Coordinator::new(
         stores,

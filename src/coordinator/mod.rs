@@ -190,6 +190,10 @@ struct TaskManagerEntry {
 
 struct Inner {
     jobs: RwLock<HashMap<JobId, Arc<Job>>>,
+    /// Jobs whose persisted record could not be read at recovery, with why: every
+    /// request for them answers with that error instead of "not registered", and the id
+    /// cannot be registered over the damaged record.
+    unreadable_jobs: RwLock<HashMap<String, String>>,
     task_managers: Mutex<HashMap<TaskManagerId, TaskManagerEntry>>,
     next_generation: AtomicU64,
     stores: Stores,
@@ -215,6 +219,7 @@ impl Coordinator {
         Coordinator {
             inner: Arc::new(Inner {
                 jobs: RwLock::new(HashMap::new()),
+                unreadable_jobs: RwLock::new(HashMap::new()),
                 task_managers: Mutex::new(HashMap::new()),
                 next_generation: AtomicU64::new(1),
                 stores,
@@ -232,9 +237,29 @@ impl Coordinator {
 
     fn job(&self, job_id: &str) -> Result<Arc<Job>, CoreError> {
         let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
-        jobs.get(job_id)
-            .cloned()
-            .ok_or_else(|| CoreError::JobNotFound(job_id.to_string()))
+        match jobs.get(job_id) {
+            Some(job) => Ok(job.clone()),
+            None => Err(self
+                .unreadable(job_id)
+                .unwrap_or_else(|| CoreError::JobNotFound(job_id.to_string()))),
+        }
+    }
+
+    /// The error for a job whose record could not be read at recovery, if it is one.
+    fn unreadable(&self, job_id: &str) -> Option<CoreError> {
+        let unreadable = self
+            .inner
+            .unreadable_jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        unreadable.get(job_id).map(|detail| {
+            CoreError::Store(StoreError::Corrupted {
+                path: format!("the record of job {job_id}"),
+                detail: format!(
+                    "{detail}; the job was not recovered: repair or remove the record in the data directory and restart"
+                ),
+            })
+        })
     }
 
     fn new_job(&self, spec: JobSpec, status: JobStatus, fencing_token: u64) -> Arc<Job> {
@@ -267,7 +292,20 @@ impl Coordinator {
     /// Loads the jobs persisted by an earlier run: registrations, status, retained
     /// checkpoints and the latest savepoint. Returns how many jobs came back.
     pub async fn recover(&self) -> Result<usize, CoreError> {
-        let records = self.inner.stores.jobs.load_all().await?;
+        let loaded = self.inner.stores.jobs.load_all().await?;
+        for unreadable in loaded.unreadable {
+            tracing::error!(
+                job_id = unreadable.job_id,
+                "job record unreadable, job not recovered: {}",
+                unreadable.error
+            );
+            self.inner
+                .unreadable_jobs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(unreadable.job_id, unreadable.error.to_string());
+        }
+        let records = loaded.records;
         let count = records.len();
         for record in records {
             let job = self.new_job(record.spec, record.status, record.fencing_token);
@@ -353,6 +391,9 @@ impl Coordinator {
             return Err(CoreError::ShutDown);
         }
         let spec = spec.validate().map_err(CoreError::InvalidArgument)?;
+        if let Some(error) = self.unreadable(spec.job_id.as_str()) {
+            return Err(error);
+        }
         let savepoint_dir = spec
             .savepoint_dir
             .clone()

@@ -49,6 +49,10 @@ fn store_error_code(error: &StoreError) -> Code {
     match error {
         StoreError::NotFound { .. } => Code::NotFound,
         StoreError::InvalidLocation { .. } => Code::InvalidArgument,
+        // A full disk will not pass by retrying soon; other I/O errors might.
+        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            Code::ResourceExhausted
+        }
         StoreError::Io { .. } | StoreError::Unavailable(_) => Code::Unavailable,
         StoreError::Corrupted { .. } => Code::DataLoss,
     }

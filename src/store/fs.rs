@@ -18,8 +18,9 @@
 
 use super::codec::{self, RecordKind};
 use super::{
-    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, OperationStore, OwnedStateStore,
-    SavepointRecord, SavepointStore, StoreError, StoreResult, savepoint_dir_name,
+    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore,
+    OwnedStateStore, SavepointRecord, SavepointStore, StoreError, StoreResult, UnreadableJob,
+    savepoint_dir_name,
 };
 use crate::coordinator::model::{
     CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateData,
@@ -324,30 +325,38 @@ impl JobStore for FsStore {
             .await
     }
 
-    async fn load_all(&self) -> StoreResult<Vec<JobRecord>> {
+    async fn load_all(&self) -> StoreResult<LoadedJobs> {
         self.blocking(|inner| {
             let jobs_dir = inner.root.join("jobs");
             let entries = fs::read_dir(&jobs_dir)
                 .map_err(|e| StoreError::io("listing", jobs_dir.display(), e))?;
-            let mut records = Vec::new();
+            let mut loaded = LoadedJobs::default();
             for entry in entries {
                 let entry = entry.map_err(|e| StoreError::io("listing", jobs_dir.display(), e))?;
+                let job_id = entry.file_name().to_string_lossy().into_owned();
                 let path = entry.path().join("job.rec");
-                if let Some(record) = read_record::<JobRecord>(RecordKind::Job, &path)? {
-                    if record.spec.job_id.as_str() != entry.file_name().to_string_lossy() {
-                        return Err(StoreError::Corrupted {
+                match read_record::<JobRecord>(RecordKind::Job, &path) {
+                    Ok(None) => {}
+                    Ok(Some(record)) if record.spec.job_id.as_str() == job_id => {
+                        loaded.records.push(record)
+                    }
+                    Ok(Some(record)) => loaded.unreadable.push(UnreadableJob {
+                        job_id,
+                        error: StoreError::Corrupted {
                             path: path.display().to_string(),
                             detail: format!(
                                 "holds job {} but lies in the directory of another job",
                                 record.spec.job_id
                             ),
-                        });
-                    }
-                    records.push(record);
+                        },
+                    }),
+                    Err(error) => loaded.unreadable.push(UnreadableJob { job_id, error }),
                 }
             }
-            records.sort_by(|a, b| a.spec.job_id.cmp(&b.spec.job_id));
-            Ok(records)
+            loaded
+                .records
+                .sort_by(|a, b| a.spec.job_id.cmp(&b.spec.job_id));
+            Ok(loaded)
         })
         .await
     }
@@ -997,8 +1006,24 @@ mod tests {
             fencing_token: 3,
         };
         JobStore::save(&store, &record).await.unwrap();
-        assert_eq!(JobStore::load_all(&store).await.unwrap(), vec![record]);
+        assert_eq!(
+            JobStore::load_all(&store).await.unwrap().records,
+            vec![record]
+        );
+
+        let other = data.path().join("jobs").join("other");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("job.rec"), b"SPCM garbage").unwrap();
+        let loaded = JobStore::load_all(&store).await.unwrap();
+        assert_eq!(loaded.records.len(), 1, "a corrupted record hides no other");
+        assert_eq!(loaded.unreadable.len(), 1);
+        assert_eq!(loaded.unreadable[0].job_id, "other");
+        assert!(matches!(
+            loaded.unreadable[0].error,
+            StoreError::Corrupted { .. }
+        ));
+
         JobStore::remove(&store, &job()).await.unwrap();
-        assert!(JobStore::load_all(&store).await.unwrap().is_empty());
+        assert!(JobStore::load_all(&store).await.unwrap().records.is_empty());
     }
 }

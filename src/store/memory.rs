@@ -3,8 +3,8 @@
 //! check what the coordinator persisted and deleted. Nothing survives the process.
 
 use super::{
-    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, OperationStore, OwnedStateStore,
-    SavepointRecord, SavepointStore, StoreError, StoreResult, savepoint_dir_name,
+    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore,
+    OwnedStateStore, SavepointRecord, SavepointStore, StoreError, StoreResult, savepoint_dir_name,
 };
 use crate::coordinator::model::{
     CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateData,
@@ -103,8 +103,11 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
-    async fn load_all(&self) -> StoreResult<Vec<JobRecord>> {
-        Ok(self.maps().jobs.values().cloned().collect())
+    async fn load_all(&self) -> StoreResult<LoadedJobs> {
+        Ok(LoadedJobs {
+            records: self.maps().jobs.values().cloned().collect(),
+            unreadable: Vec::new(),
+        })
     }
 }
 

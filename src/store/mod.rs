@@ -7,6 +7,7 @@
 //! never as a silently wrong value.
 
 pub mod codec;
+pub mod faults;
 pub mod fs;
 pub mod memory;
 
@@ -82,8 +83,23 @@ pub trait JobStore: Send + Sync {
     async fn save(&self, record: &JobRecord) -> StoreResult<()>;
     /// Removes the record; Ok if it did not exist.
     async fn remove(&self, job: &JobId) -> StoreResult<()>;
-    /// All records, in job id order.
-    async fn load_all(&self) -> StoreResult<Vec<JobRecord>>;
+    /// All records, in job id order. A record that cannot be read does not hide the
+    /// others: it is returned as an [`UnreadableJob`].
+    async fn load_all(&self) -> StoreResult<LoadedJobs>;
+}
+
+/// What [`JobStore::load_all`] found.
+#[derive(Debug, Default)]
+pub struct LoadedJobs {
+    pub records: Vec<JobRecord>,
+    pub unreadable: Vec<UnreadableJob>,
+}
+
+/// A job whose record exists but cannot be read (corrupted, truncated, I/O error).
+#[derive(Debug)]
+pub struct UnreadableJob {
+    pub job_id: String,
+    pub error: StoreError,
 }
 
 /// Retained completed checkpoints of each job (the failover set).

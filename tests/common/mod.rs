@@ -14,6 +14,9 @@ use savepoint_coordinator::proto::savepoint_service_client::SavepointServiceClie
 use savepoint_coordinator::proto::task_gateway_client::TaskGatewayClient;
 use savepoint_coordinator::proto::task_manager_message::Message as Upward;
 use savepoint_coordinator::server::{self, ServerConfig, ServerError};
+use savepoint_coordinator::store::Stores;
+use savepoint_coordinator::store::faults::{FaultSwitch, FaultyStore};
+use savepoint_coordinator::store::fs::FsStore;
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,6 +53,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a free loopback port with its store in `data_dir`.
     pub async fn start(data_dir: &Path) -> TestServer {
+        TestServer::start_on(data_dir, None).await
+    }
+
+    /// Starts a server whose filesystem store in `data_dir` injects the faults that the
+    /// returned switch turns on.
+    pub async fn start_with_faults(data_dir: &Path) -> (TestServer, FaultSwitch) {
+        let store = FsStore::open(data_dir.to_path_buf()).expect("open the data directory");
+        let (stores, faults) = FaultyStore::wrap(std::sync::Arc::new(store));
+        (TestServer::start_on(data_dir, Some(stores)).await, faults)
+    }
+
+    async fn start_on(data_dir: &Path, stores: Option<Stores>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("bound address");
         let config = ServerConfig {
@@ -58,9 +73,15 @@ impl TestServer {
             ..ServerConfig::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let running = tokio::spawn(server::run(config, listener, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let running = match stores {
+            None => tokio::spawn(server::run(config, listener, stopped)),
+            Some(stores) => {
+                tokio::spawn(server::run_with_stores(config, stores, listener, stopped))
+            }
+        };
         TestServer {
             address,
             data_dir: data_dir.to_path_buf(),
@@ -78,6 +99,15 @@ impl TestServer {
             .unwrap_or_else(|_| panic!("the server did not stop within {STOP_WITHIN:?}"))
             .expect("server task panicked")
             .expect("server::run failed");
+    }
+
+    /// Stops the server, lets `while_down` change its data directory (a crash, a
+    /// damaged disk), and starts a new one on it.
+    pub async fn restart_after(self, while_down: impl FnOnce(&Path)) -> TestServer {
+        let data_dir = self.data_dir.clone();
+        self.stop().await;
+        while_down(&data_dir);
+        TestServer::start(&data_dir).await
     }
 
     /// Stops the server and starts a new one on the same data directory (new port).
@@ -369,7 +399,10 @@ impl Cluster {
         acks: Acks,
         keyed: &[&str],
     ) -> Cluster {
-        let names: Vec<String> = (0..task_managers).map(|i| format!("tm-{i}")).collect();
+        // Named after the job, so clusters of different jobs can share one server.
+        let names: Vec<String> = (0..task_managers)
+            .map(|i| format!("{}-tm-{i}", job.job_id))
+            .collect();
         let mut tasks = Vec::new();
         for vertex in &job.vertices {
             for subtask in 0..vertex.parallelism {

@@ -184,7 +184,7 @@ async fn stop_with_savepoint_finishes_the_job_only_once_the_savepoint_is_durable
     assert_eq!(h.stats().job_status, JobStatus::Finished);
     let records = crate::store::JobStore::load_all(h.memory()).await.unwrap();
     assert_eq!(
-        records[0].status,
+        records.records[0].status,
         JobStatus::Finished,
         "FINISHED is persisted"
     );

@@ -1,0 +1,281 @@
+//! Store faults (issue 4, item 2): failed and slow writes, a full disk, unreadable and
+//! corrupted metadata. Each yields a typed failure for the job it hits, and the server
+//! keeps serving the other jobs meanwhile.
+
+mod common;
+
+use common::{
+    Acks, Cluster, TestServer, failure_reason, job, policy, register, set_status, stats,
+    trigger_savepoint, within,
+};
+use savepoint_coordinator::coordinator::model::JobId;
+use savepoint_coordinator::proto;
+use savepoint_coordinator::store::faults::FaultPlan;
+use std::io::ErrorKind;
+use std::time::Duration;
+use tonic::Code;
+
+const VERTICES: &[(&str, u32)] = &[("src", 2), ("sink", 1)];
+
+/// Registers `name` with a running cluster that acks everything.
+async fn running_job(
+    server: &TestServer,
+    client: &mut proto::savepoint_service_client::SavepointServiceClient<tonic::transport::Channel>,
+    name: &str,
+    timeout_ms: u64,
+) -> Cluster {
+    let spec = job(name, VERTICES, policy(0, timeout_ms));
+    register(client, &spec).await;
+    let cluster = Cluster::start(server, &spec, 2, Acks::All, &[]).await;
+    set_status(client, name, proto::JobStatus::Running).await;
+    cluster
+}
+
+fn only(job: &str, plan: FaultPlan) -> FaultPlan {
+    FaultPlan {
+        job: Some(JobId::new(job)),
+        ..plan
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_savepoint_of_that_job_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let _a = running_job(&server, &mut client, "full", 0).await;
+    let _b = running_job(&server, &mut client, "healthy", 0).await;
+    // The first savepoint reserves a block of ids, so the fault below hits the metadata.
+    trigger_savepoint(&mut client, "full")
+        .await
+        .expect("savepoint");
+
+    faults.set(only(
+        "full",
+        FaultPlan {
+            failing_writes: Some(ErrorKind::StorageFull),
+            ..FaultPlan::default()
+        },
+    ));
+    let failed = trigger_savepoint(&mut client, "full")
+        .await
+        .expect_err("no space for the metadata");
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert_eq!(failure_reason(&failed), Some("STORE_IO"));
+    assert!(
+        failed.message().contains("no storage space"),
+        "the cause is named: {}",
+        failed.message()
+    );
+    let healthy = trigger_savepoint(&mut client, "healthy")
+        .await
+        .expect("the other job is not affected");
+    assert!(
+        std::path::Path::new(&healthy.path)
+            .join("_metadata")
+            .is_file()
+    );
+
+    let full = stats(&mut client, "full").await;
+    assert_eq!((full.completed, full.failed), (1, 1));
+    assert_eq!(full.failed_by_reason.get("STORE_IO"), Some(&1));
+
+    faults.clear();
+    let recovered = trigger_savepoint(&mut client, "full")
+        .await
+        .expect("works again once there is space");
+    assert!(recovered.checkpoint_id > failed_checkpoint_id(&full));
+    server.stop().await;
+}
+
+fn failed_checkpoint_id(stats: &proto::GetCheckpointStatsResponse) -> u64 {
+    stats
+        .latest_failed
+        .as_ref()
+        .map(|s| s.checkpoint_id)
+        .expect("a failed snapshot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_the_id_reservation_with_resource_exhausted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let spec = job("fresh", VERTICES, policy(0, 0));
+    faults.set(only(
+        "fresh",
+        FaultPlan {
+            failing_writes: Some(ErrorKind::StorageFull),
+            ..FaultPlan::default()
+        },
+    ));
+    let refused = within("RegisterJob", client.register_job(spec.clone()))
+        .await
+        .expect_err("the job record cannot be written");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    faults.clear();
+    register(&mut client, &spec).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fsync_expires_the_savepoint_and_blocks_no_other_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let _slow = running_job(&server, &mut client, "slow", 400).await;
+    let _fast = running_job(&server, &mut client, "fast", 0).await;
+    faults.set(only(
+        "slow",
+        FaultPlan {
+            write_delay: Some(Duration::from_millis(1_500)),
+            ..FaultPlan::default()
+        },
+    ));
+    let mut slow_client = client.clone();
+    let slow = tokio::spawn(async move { trigger_savepoint(&mut slow_client, "slow").await });
+    // While the slow job's write hangs, the other job completes savepoints.
+    for _ in 0..3 {
+        trigger_savepoint(&mut client, "fast")
+            .await
+            .expect("the fast job is served meanwhile");
+    }
+    let expired = within("the slow savepoint", slow)
+        .await
+        .expect("task")
+        .expect_err("expires while its metadata is written");
+    assert_eq!(failure_reason(&expired), Some("EXPIRED"), "{expired:?}");
+    assert!(
+        expired
+            .message()
+            .contains("while its metadata was being stored")
+    );
+
+    // Once the slow write lands, what it wrote is removed again: the caller was told
+    // the savepoint failed, so no savepoint may stay.
+    faults.clear();
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listed = within(
+            "ListSavepoints",
+            client.list_savepoints(proto::ListSavepointsRequest {
+                job_id: "slow".into(),
+            }),
+        )
+        .await
+        .expect("ListSavepoints")
+        .into_inner()
+        .savepoints;
+        if listed.is_empty() {
+            break;
+        }
+    }
+    assert!(listed.is_empty(), "{listed:?}");
+    assert!(
+        !server.savepoint_dir().join("savepoint-slow-1").exists(),
+        "its directory is gone too"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_metadata_is_reported_and_other_jobs_keep_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let _a = running_job(&server, &mut client, "locked", 0).await;
+    let _b = running_job(&server, &mut client, "open", 0).await;
+    let locked = trigger_savepoint(&mut client, "locked")
+        .await
+        .expect("savepoint");
+    faults.set(only(
+        "locked",
+        FaultPlan {
+            failing_reads: Some(ErrorKind::PermissionDenied),
+            ..FaultPlan::default()
+        },
+    ));
+    let listing = within(
+        "ListSavepoints",
+        client.list_savepoints(proto::ListSavepointsRequest {
+            job_id: "locked".into(),
+        }),
+    )
+    .await
+    .expect_err("the index cannot be read");
+    assert_eq!(listing.code(), Code::Unavailable, "{listing:?}");
+    assert!(
+        listing.message().contains("ermission denied"),
+        "{}",
+        listing.message()
+    );
+
+    register(&mut client, &job("target", VERTICES, policy(0, 0))).await;
+    let restore = within(
+        "RestoreSavepoint",
+        client.restore_savepoint(proto::RestoreSavepointRequest {
+            job_id: "target".into(),
+            path: locked.path.clone(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect_err("the metadata cannot be read");
+    assert_eq!(restore.code(), Code::Unavailable, "{restore:?}");
+
+    trigger_savepoint(&mut client, "open")
+        .await
+        .expect("the other job is not affected");
+    faults.clear();
+    within(
+        "RestoreSavepoint",
+        client.restore_savepoint(proto::RestoreSavepointRequest {
+            job_id: "target".into(),
+            path: locked.path,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("readable again");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_job_record_loses_that_job_only_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.savepoints().await;
+    for name in ["damaged", "intact"] {
+        register(&mut client, &job(name, VERTICES, policy(0, 0))).await;
+    }
+    let server = server.restart_after(|data_dir| {
+        let record = data_dir.join("jobs").join("damaged").join("job.rec");
+        let mut bytes = std::fs::read(&record).expect("job record");
+        bytes.truncate(bytes.len() - 3);
+        std::fs::write(&record, bytes).expect("truncate");
+    });
+    let server = server.await;
+    let mut client = server.savepoints().await;
+    let intact = stats(&mut client, "intact").await;
+    assert_eq!(intact.job_status, proto::JobStatus::Created as i32);
+
+    let lost = within(
+        "GetCheckpointStats",
+        client.get_checkpoint_stats(proto::GetCheckpointStatsRequest {
+            job_id: "damaged".into(),
+        }),
+    )
+    .await
+    .expect_err("the damaged job is not silently gone");
+    assert_eq!(lost.code(), Code::DataLoss, "{lost:?}");
+    assert!(lost.message().contains("damaged"), "{}", lost.message());
+    let again = within(
+        "RegisterJob",
+        client.register_job(job("damaged", VERTICES, policy(0, 0))),
+    )
+    .await
+    .expect_err("the id is not registered over the damaged record");
+    assert_eq!(again.code(), Code::DataLoss);
+    server.stop().await;
+}
