@@ -317,3 +317,46 @@ async fn corrupted_savepoint_metadata_is_data_loss() {
     );
     assert_eq!(stats(&mut client, "target").await.restored, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_outside_the_savepoint_roots_are_refused_also_through_links() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.savepoints().await;
+    register(&mut client, &job("rooted", &[("src", 1)], policy(0, 0))).await;
+    std::fs::create_dir_all(server.savepoint_dir()).expect("savepoint dir");
+    let link = server.savepoint_dir().join("escape");
+    std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+
+    for target in [
+        outside.path().display().to_string(),
+        link.display().to_string(),
+        format!("{}/../..", server.savepoint_dir().display()),
+    ] {
+        let request = proto::TriggerSavepointRequest {
+            job_id: "rooted".into(),
+            target_directory: target.clone(),
+            ..Default::default()
+        };
+        let status = within("TriggerSavepoint", client.trigger_savepoint(request))
+            .await
+            .expect_err("outside the roots");
+        assert_eq!(status.code(), Code::InvalidArgument, "{target}: {status:?}");
+        assert!(
+            status.message().starts_with("target_directory: "),
+            "{}",
+            status.message()
+        );
+    }
+    let dispose = within(
+        "DisposeSavepoint",
+        client.dispose_savepoint(proto::DisposeSavepointRequest {
+            path: format!("{}/savepoint-rooted-1", link.display()),
+        }),
+    )
+    .await
+    .expect_err("a link out of the roots");
+    assert_eq!(dispose.code(), Code::InvalidArgument, "{dispose:?}");
+    server.stop().await;
+}

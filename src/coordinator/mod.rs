@@ -394,6 +394,9 @@ impl Coordinator {
         if let Some(error) = self.unreadable(spec.job_id.as_str()) {
             return Err(error);
         }
+        if let Some(dir) = &spec.savepoint_dir {
+            self.check_within_roots("savepoint_dir", dir)?;
+        }
         let savepoint_dir = spec
             .savepoint_dir
             .clone()
@@ -1035,6 +1038,7 @@ impl Coordinator {
         if path.trim().is_empty() {
             return Err(CoreError::InvalidArgument("path must not be empty".into()));
         }
+        self.check_within_roots("path", path)?;
         let _admin = job.admin.lock().await;
         let mut snapshot = self
             .inner

@@ -11,7 +11,6 @@ use super::pending::SnapshotOptions;
 use super::schedule::{CronSchedule, SavepointSchedule};
 use super::{Coordinator, CoreError, Job, SnapshotHandle};
 use crate::store::SavepointRecord;
-use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -101,6 +100,7 @@ impl Coordinator {
             .filter(|d| !d.trim().is_empty())
             .or_else(|| job.spec.savepoint_dir.clone())
             .unwrap_or_else(|| self.inner.config.default_savepoint_dir.clone());
+        self.check_within_roots("target_directory", &target)?;
         let action = match (request.trigger, request.drain) {
             (SavepointTrigger::Stop, true) => PostSnapshotAction::Drain,
             (SavepointTrigger::Stop, false) => PostSnapshotAction::Stop,
@@ -185,37 +185,42 @@ impl Coordinator {
         Ok(records)
     }
 
-    /// Deletes the savepoint at `path` if it lies under a savepoint root (the server's
-    /// default directory, a registered job's directory, or a configured extra root).
-    /// Returns whether there was anything to delete.
+    /// Deletes the savepoint at `path` if it lies under a savepoint root. Returns
+    /// whether there was anything to delete.
     pub async fn dispose_savepoint(&self, path: &str) -> Result<bool, CoreError> {
-        let normalized = normalize(path).map_err(CoreError::InvalidArgument)?;
-        let roots = self.savepoint_roots();
-        if !roots
-            .iter()
-            .filter_map(|root| normalize(root).ok())
-            .any(|root| normalized.starts_with(&root) && normalized != root)
-        {
-            return Err(CoreError::InvalidArgument(format!(
-                "path {path} is not under a savepoint root ({})",
-                roots.join(", ")
-            )));
-        }
+        self.check_within_roots("path", path)?;
         let existed = self.inner.stores.savepoints.dispose(path).await?;
         tracing::info!(path, existed, "savepoint disposed");
         Ok(existed)
     }
 
+    /// Refuses `path` (given as `field`) unless it lies under a savepoint root (the
+    /// default savepoint directory or a configured extra root) once links are followed,
+    /// so neither `..` nor a symbolic link nor an absolute path elsewhere gets out.
+    pub(super) fn check_within_roots(&self, field: &str, path: &str) -> Result<(), CoreError> {
+        let store = &self.inner.stores.savepoints;
+        let resolved = store
+            .resolve(path)
+            .map_err(|e| CoreError::InvalidArgument(format!("{field}: {e}")))?;
+        let roots = self.savepoint_roots();
+        if roots
+            .iter()
+            .filter_map(|root| store.resolve(root).ok())
+            .any(|root| resolved.starts_with(&root))
+        {
+            return Ok(());
+        }
+        Err(CoreError::InvalidArgument(format!(
+            "{field}: {path} is outside the savepoint roots ({}); the server accepts more \
+             with --savepoint-root",
+            roots.join(", ")
+        )))
+    }
+
     fn savepoint_roots(&self) -> Vec<String> {
-        let mut roots = vec![self.inner.config.default_savepoint_dir.clone()];
-        roots.extend(self.inner.config.extra_savepoint_roots.iter().cloned());
-        let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
-        roots.extend(
-            jobs.values()
-                .filter_map(|job| job.spec.savepoint_dir.clone()),
-        );
-        roots.sort();
-        roots.dedup();
+        let config = &self.inner.config;
+        let mut roots = vec![config.default_savepoint_dir.clone()];
+        roots.extend(config.extra_savepoint_roots.iter().cloned());
         roots
     }
 
@@ -432,27 +437,6 @@ fn retired(
         .collect()
 }
 
-/// `path` as an absolute path without `.`/`..` (refused) and without a trailing
-/// `_metadata`, for comparing against the roots.
-fn normalize(path: &str) -> Result<PathBuf, String> {
-    let raw = path.strip_prefix("file://").unwrap_or(path);
-    let candidate = Path::new(raw);
-    if !candidate.is_absolute() {
-        return Err(format!("path {path:?} must be absolute"));
-    }
-    if candidate
-        .components()
-        .any(|c| matches!(c, Component::ParentDir))
-    {
-        return Err(format!("path {path:?} must not contain '..'"));
-    }
-    let mut normalized: PathBuf = candidate.components().collect();
-    if normalized.file_name().is_some_and(|n| n == "_metadata") {
-        normalized.pop();
-    }
-    Ok(normalized)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,15 +477,5 @@ mod tests {
             vec![1, 2],
             "the newest stays however old it is"
         );
-    }
-
-    #[test]
-    fn paths_are_normalized_and_escapes_refused() {
-        assert_eq!(
-            normalize("/a/./b/_metadata").unwrap(),
-            PathBuf::from("/a/b")
-        );
-        assert!(normalize("/a/../b").is_err());
-        assert!(normalize("relative").is_err());
     }
 }

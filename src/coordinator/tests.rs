@@ -305,6 +305,8 @@ impl Harness {
         let gateway = Arc::new(RecordingGateway::default());
         let config = CoordinatorConfig {
             default_savepoint_dir: SAVEPOINT_DIR.to_string(),
+            // The filesystem scenarios write savepoints into temporary directories.
+            extra_savepoint_roots: vec![std::env::temp_dir().to_string_lossy().into_owned()],
             ..CoordinatorConfig::default()
         };
         let coordinator = Coordinator::new(

@@ -205,6 +205,10 @@ impl<S: SavepointStore> SavepointStore for FaultyStore<S> {
         self.inner.write(target_dir, snapshot, trigger).await
     }
 
+    fn resolve(&self, path: &str) -> StoreResult<std::path::PathBuf> {
+        self.inner.resolve(path)
+    }
+
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
         self.before_read(job_of_path(path), path)?;
         self.inner.read(path).await

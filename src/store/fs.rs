@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -252,22 +252,7 @@ fn record_files(dir: &Path, prefix: &str) -> StoreResult<Vec<PathBuf>> {
 
 /// A directory argument as an absolute, normalized path without `..`.
 fn absolute_dir(location: &str) -> StoreResult<PathBuf> {
-    let invalid = |detail: &str| StoreError::InvalidLocation {
-        location: location.to_string(),
-        detail: detail.to_string(),
-    };
-    let raw = location.strip_prefix("file://").unwrap_or(location);
-    if raw.trim().is_empty() {
-        return Err(invalid("the directory is empty"));
-    }
-    let path = Path::new(raw);
-    if !path.is_absolute() {
-        return Err(invalid("must be an absolute path"));
-    }
-    if path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(invalid("must not contain '..'"));
-    }
-    Ok(path.components().collect())
+    super::normalize_absolute(location)
 }
 
 #[async_trait]
@@ -429,6 +414,30 @@ impl SavepointStore for FsStore {
             .join(savepoint_dir_name(job, id))
             .to_string_lossy()
             .into_owned())
+    }
+
+    /// Follows symbolic links in the part of `path` that exists, so a link cannot carry
+    /// a path out of the savepoint roots.
+    fn resolve(&self, path: &str) -> StoreResult<PathBuf> {
+        let normalized = absolute_dir(path)?;
+        let mut existing = normalized.as_path();
+        let mut rest = Vec::new();
+        loop {
+            match fs::canonicalize(existing) {
+                Ok(resolved) => {
+                    return Ok(rest.iter().rev().fold(resolved, |p, c| p.join(c)));
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    let (Some(parent), Some(name)) = (existing.parent(), existing.file_name())
+                    else {
+                        return Ok(normalized);
+                    };
+                    rest.push(name.to_os_string());
+                    existing = parent;
+                }
+                Err(e) => return Err(StoreError::io("resolving", existing.display(), e)),
+            }
+        }
     }
 
     async fn write(
@@ -935,6 +944,21 @@ mod tests {
             store.read(&format!("{path}-nope")).await,
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn resolve_follows_links_in_the_existing_part_of_a_path() {
+        let data = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let link = data.path().join("link");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        let resolved = store
+            .resolve(&format!("{}/not-yet/there", link.display()))
+            .unwrap();
+        let outside = fs::canonicalize(outside.path()).unwrap();
+        assert_eq!(resolved, outside.join("not-yet").join("there"));
+        assert!(store.resolve("relative").is_err());
     }
 
     #[tokio::test]

@@ -155,6 +155,11 @@ pub trait SavepointStore: Send + Sync {
     /// marked for disposal, finished by [`SavepointStore::resume_disposals`]; it never
     /// leaves files nobody knows about.
     async fn dispose(&self, path: &str) -> StoreResult<bool>;
+    /// `path` as it really is on the backend, to compare against the savepoint roots:
+    /// absolute, normalized, and (where the backend has them) with links followed.
+    fn resolve(&self, path: &str) -> StoreResult<std::path::PathBuf> {
+        normalize_absolute(path)
+    }
     /// Finishes disposals a crash interrupted; returns how many.
     async fn resume_disposals(&self, _job: &JobId) -> StoreResult<u64> {
         Ok(0)
@@ -227,6 +232,28 @@ impl Stores {
             operations: store,
         }
     }
+}
+
+/// `location` (optionally a `file://` URI) as an absolute path without `.` parts;
+/// relative paths and `..` are refused, so no argument can climb out of a directory.
+pub fn normalize_absolute(location: &str) -> StoreResult<std::path::PathBuf> {
+    use std::path::{Component, Path};
+    let invalid = |detail: &str| StoreError::InvalidLocation {
+        location: location.to_string(),
+        detail: detail.to_string(),
+    };
+    let raw = location.strip_prefix("file://").unwrap_or(location);
+    if raw.trim().is_empty() {
+        return Err(invalid("the directory is empty"));
+    }
+    let path = Path::new(raw);
+    if !path.is_absolute() {
+        return Err(invalid("must be an absolute path"));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(invalid("must not contain '..'"));
+    }
+    Ok(path.components().collect())
 }
 
 /// Name of a savepoint directory, shared by every backend: `savepoint-<job>-<id>`.

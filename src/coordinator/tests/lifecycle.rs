@@ -476,7 +476,12 @@ async fn a_periodic_savepoint_is_skipped_while_the_previous_one_is_pending() {
 async fn disposal_is_limited_to_the_savepoint_roots_and_idempotent() {
     let h = Harness::started(policy()).await;
     let (path, _) = savepoint_with(&h, subtask_state).await;
-    for outside in ["/etc/savepoint-job-1-1", "/savepoints/../etc", "relative/x"] {
+    for outside in [
+        "/etc/savepoint-job-1-1",
+        "/savepoints/../etc",
+        "relative/x",
+        "/savepointsX/savepoint-job-1-1",
+    ] {
         assert!(
             matches!(
                 h.coordinator.dispose_savepoint(outside).await,
@@ -489,4 +494,46 @@ async fn disposal_is_limited_to_the_savepoint_roots_and_idempotent() {
     assert!(h.stores.savepoints.read(&path).await.is_err());
     assert!(!h.coordinator.dispose_savepoint(&path).await.unwrap());
     assert!(h.coordinator.list_savepoints(JOB).await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn savepoint_targets_and_restore_paths_must_lie_under_a_root() {
+    let h = Harness::started(policy()).await;
+    for (target, field) in [
+        ("/etc", "target_directory"),
+        ("/savepoints/../etc", "target_directory"),
+    ] {
+        match h
+            .coordinator
+            .trigger_savepoint(JOB, Some(target.to_string()))
+            .await
+        {
+            Err(CoreError::InvalidArgument(message)) => {
+                assert!(message.starts_with(field), "{message}")
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("{target} accepted"),
+        }
+    }
+    assert_eq!(h.sent(), vec![], "nothing was triggered");
+    assert!(matches!(
+        h.coordinator
+            .restore_savepoint(JOB, "/etc/savepoint-job-1-1", false)
+            .await,
+        Err(CoreError::InvalidArgument(_))
+    ));
+    let mut h = h;
+    let outside = JobSpec {
+        savepoint_dir: Some("/var/elsewhere".to_string()),
+        ..standard_spec("job-2", policy())
+    };
+    assert!(matches!(
+        h.coordinator.register_job(outside).await,
+        Err(CoreError::InvalidArgument(message)) if message.starts_with("savepoint_dir")
+    ));
+    h.register(JobSpec {
+        savepoint_dir: Some("/savepoints/team-a".to_string()),
+        ..standard_spec("job-3", policy())
+    })
+    .await;
 }
