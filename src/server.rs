@@ -28,8 +28,6 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// Requests served at once on one connection; more wait (they are not refused).
-const CONCURRENCY_PER_CONNECTION: usize = 256;
 /// HTTP/2 pings on idle connections, so a vanished task manager is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
@@ -57,6 +55,9 @@ pub struct ServerConfig {
     /// Directories besides the default savepoint directory (and each job's own) under
     /// which DisposeSavepoint may delete savepoints.
     pub extra_savepoint_roots: Vec<PathBuf>,
+    /// Requests one connection may have in flight (a task manager's stream counts as
+    /// one); beyond it requests are shed with RESOURCE_EXHAUSTED instead of queued.
+    pub max_requests_per_connection: usize,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +71,7 @@ impl Default for ServerConfig {
             stream_buffer: 1024,
             shutdown_grace: Duration::from_secs(10),
             extra_savepoint_roots: Vec::new(),
+            max_requests_per_connection: 256,
         }
     }
 }
@@ -91,6 +93,9 @@ impl ServerConfig {
         }
         if self.stream_buffer == 0 {
             return invalid("stream_buffer", "must be at least 1".into());
+        }
+        if self.max_requests_per_connection == 0 {
+            return invalid("max_requests_per_connection", "must be at least 1".into());
         }
         Ok(())
     }
@@ -242,7 +247,8 @@ pub async fn run_with_stores(
     });
     let (stop_serving, serving_stopped) = oneshot::channel::<()>();
     let serving = Server::builder()
-        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .concurrency_limit_per_connection(config.max_requests_per_connection)
+        .load_shed(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)

@@ -360,3 +360,41 @@ async fn directories_outside_the_savepoint_roots_are_refused_also_through_links(
     assert_eq!(dispose.code(), Code::InvalidArgument, "{dispose:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_per_connection_limit_are_shed_with_resource_exhausted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path(), |config| {
+        config.max_requests_per_connection = 2;
+    })
+    .await;
+    let mut client = server.savepoints().await;
+    let spec = job("busy", &[("src", 1)], policy(0, 0));
+    register(&mut client, &spec).await;
+    let cluster = Cluster::start(&server, &spec, 1, Acks::HoldSavepoints, &[]).await;
+    set_status(&mut client, "busy", proto::JobStatus::Running).await;
+
+    // Savepoints whose acks are held keep their calls open on the one connection.
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let mut caller = client.clone();
+        calls.push(tokio::spawn(async move {
+            common::trigger_savepoint(&mut caller, "busy").await
+        }));
+    }
+    let mut shed = 0;
+    let mut pending = Vec::new();
+    for call in calls {
+        match tokio::time::timeout(std::time::Duration::from_millis(500), call).await {
+            Ok(result) => match result.expect("task") {
+                Err(status) if status.code() == Code::ResourceExhausted => shed += 1,
+                other => panic!("unexpected outcome {other:?}"),
+            },
+            Err(_) => pending.push(()),
+        }
+    }
+    assert!(shed >= 4, "at most 2 calls in flight, {shed} shed");
+    assert!(pending.len() <= 2);
+    drop(cluster);
+    server.stop().await;
+}

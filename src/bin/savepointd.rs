@@ -51,6 +51,15 @@ struct Args {
     )]
     savepoint_roots: Vec<PathBuf>,
 
+    /// Requests one client connection may have in flight (a task manager's stream counts
+    /// as one); more are refused with RESOURCE_EXHAUSTED rather than queued.
+    #[arg(
+        long,
+        env = "SAVEPOINTD_MAX_REQUESTS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    max_requests_per_connection: usize,
+
     /// Log format: text for people, json for log collectors. The level is set with
     /// RUST_LOG (default "info"), e.g. RUST_LOG=savepoint_coordinator=debug.
     #[arg(long, env = "SAVEPOINTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -98,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         default_savepoint_dir: args.savepoint_dir,
         max_inline_state_bytes: args.max_inline_state_bytes,
         extra_savepoint_roots: args.savepoint_roots,
+        max_requests_per_connection: args.max_requests_per_connection,
         ..ServerConfig::default()
     };
     config.validate().context("invalid configuration")?;

@@ -53,7 +53,15 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a free loopback port with its store in `data_dir`.
     pub async fn start(data_dir: &Path) -> TestServer {
-        TestServer::start_on(data_dir, None).await
+        TestServer::start_on(data_dir, None, |_| {}).await
+    }
+
+    /// Starts a server whose settings `configure` changes.
+    pub async fn start_with(
+        data_dir: &Path,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        TestServer::start_on(data_dir, None, configure).await
     }
 
     /// Starts a server whose filesystem store in `data_dir` injects the faults that the
@@ -61,17 +69,25 @@ impl TestServer {
     pub async fn start_with_faults(data_dir: &Path) -> (TestServer, FaultSwitch) {
         let store = FsStore::open(data_dir.to_path_buf()).expect("open the data directory");
         let (stores, faults) = FaultyStore::wrap(std::sync::Arc::new(store));
-        (TestServer::start_on(data_dir, Some(stores)).await, faults)
+        (
+            TestServer::start_on(data_dir, Some(stores), |_| {}).await,
+            faults,
+        )
     }
 
-    async fn start_on(data_dir: &Path, stores: Option<Stores>) -> TestServer {
+    async fn start_on(
+        data_dir: &Path,
+        stores: Option<Stores>,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("bound address");
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             data_dir: data_dir.to_path_buf(),
             shutdown_grace: SHUTDOWN_GRACE,
             ..ServerConfig::default()
         };
+        configure(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;
