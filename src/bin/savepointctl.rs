@@ -202,6 +202,9 @@ struct JobFile {
     /// Default savepoint target directory on the server.
     #[serde(default)]
     savepoint_dir: Option<String>,
+    /// Periodic savepoints and savepoint retention; missing means neither.
+    #[serde(default, alias = "savepoint_policy")]
+    savepoints: Option<SavepointPolicyFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +234,24 @@ struct PolicyFile {
     retained: u32,
     #[serde(default)]
     tolerable_failures: u32,
+}
+
+/// Periodic savepoints and retention; 0, empty or missing switches each part off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavepointPolicyFile {
+    /// A savepoint every interval_ms while the job is RUNNING.
+    #[serde(default)]
+    interval_ms: u64,
+    /// Or a cron schedule (UTC, seconds first), e.g. "0 0 * * * *" for every hour.
+    #[serde(default)]
+    cron: String,
+    /// Keep at most this many completed savepoints.
+    #[serde(default)]
+    max_retained: u32,
+    /// Dispose of savepoints older than this (the newest always stays).
+    #[serde(default)]
+    max_age_ms: u64,
 }
 
 impl JobFile {
@@ -278,7 +299,12 @@ impl JobFile {
                 retained: policy.retained,
                 tolerable_failures: policy.tolerable_failures,
             }),
-            savepoint_policy: None,
+            savepoint_policy: self.savepoints.map(|s| proto::SavepointPolicy {
+                interval_ms: s.interval_ms,
+                cron: s.cron,
+                max_retained: s.max_retained,
+                max_age_ms: s.max_age_ms,
+            }),
             savepoint_dir: self.savepoint_dir.unwrap_or_default(),
         }
     }
@@ -1131,6 +1157,9 @@ mod tests {
         assert_eq!(request.trigger_vertices, ["source"]);
         let policy = request.policy.expect("policy");
         assert_eq!((policy.interval_ms, policy.retained), (10_000, 2));
+        let savepoints = request.savepoint_policy.expect("savepoint policy");
+        assert_eq!(savepoints.max_retained, 5);
+        assert_eq!((savepoints.interval_ms, savepoints.cron.as_str()), (0, ""));
     }
 
     #[test]
@@ -1140,12 +1169,16 @@ mod tests {
         std::fs::write(
             &path,
             r#"{"job_id": "j", "vertices": [{"id": "a", "parallelism": 1}],
-                "trigger_vertices": ["a"], "policy": {"interval_ms": 5}}"#,
+                "trigger_vertices": ["a"], "policy": {"interval_ms": 5},
+                "savepoint_policy": {"cron": "0 0 * * * *", "max_age_ms": 60000}}"#,
         )
         .expect("write");
         let request = JobFile::read(&path).expect("parses").into_request();
         assert_eq!(request.trigger_vertices, ["a"]);
         assert_eq!(request.policy.expect("policy").interval_ms, 5);
+        let savepoints = request.savepoint_policy.expect("savepoint policy");
+        assert_eq!(savepoints.cron, "0 0 * * * *");
+        assert_eq!(savepoints.max_age_ms, 60_000);
     }
 
     #[test]
