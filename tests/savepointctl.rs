@@ -74,9 +74,9 @@ async fn register_status_and_stats_and_an_unknown_job() {
         stderr(&again)
     );
 
-    let status = ctl(&server, &["status", "wordcount", "RUNNING"]).await;
+    let status = ctl(&server, &["set-status", "wordcount", "RUNNING"]).await;
     assert_eq!(
-        succeeded("status", &status),
+        succeeded("set-status", &status),
         "job wordcount is now RUNNING\n"
     );
 
@@ -99,7 +99,7 @@ async fn register_status_and_stats_and_an_unknown_job() {
         stderr(&unknown)
     );
 
-    let usage = ctl(&server, &["status", "wordcount", "SLEEPING"]).await;
+    let usage = ctl(&server, &["set-status", "wordcount", "SLEEPING"]).await;
     assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
 
     server.stop().await;
@@ -137,8 +137,8 @@ async fn savepoint_path_restores_into_a_second_job() {
         let _ = simulation_stopped.await;
     }));
     succeeded(
-        "status",
-        &ctl(&server, &["status", "wordcount", "running"]).await,
+        "set-status",
+        &ctl(&server, &["set-status", "wordcount", "running"]).await,
     );
 
     let saved = ctl(&server, &["savepoint", "wordcount", "--timeout", "15"]).await;
