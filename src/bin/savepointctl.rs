@@ -4,8 +4,8 @@
 //! job's tasks on simulated task managers). Output is text for people or JSON for
 //! scripts (`--output json`). Exit codes: 0 success; 1 the server refused the request or
 //! could not be reached (`error: <CODE>: <message>` on stderr), or `status` found the
-//! savepoint operation FAILED (the operation is printed as usual); 2 bad usage or an
-//! unusable input file.
+//! savepoint operation FAILED (the operation is printed as usual), or stdout could not be
+//! written (silently when the reader went away); 2 bad usage or an unusable input file.
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -18,6 +18,7 @@ use savepoint_coordinator::proto::savepoint_service_client::SavepointServiceClie
 use savepoint_coordinator::service::error::code_name;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -445,7 +446,7 @@ fn with_set_status_hint(status: tonic::Status, operation_id: &str) -> Failure {
         && looks_like_a_status
     {
         message.push_str(&format!(
-            " (to set the job's status, use `set-status JOB {operation_id}`)"
+            "; to set the job's status, use `set-status JOB {operation_id}`"
         ));
     }
     failure
@@ -578,7 +579,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 output,
                 json!({"job_id": job, "status": status}),
                 format!("job {job} is now {status}"),
-            );
+            )?;
         }
         Command::Savepoint(args) => {
             let job = args.job.clone();
@@ -595,7 +596,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ))
                 .await?
                 .into_inner();
-            print_savepoint(output, &job, &response, args.detach);
+            print_savepoint(output, &job, &response, args.detach)?;
         }
         Command::Stop { savepoint, drain } => {
             let args = savepoint;
@@ -614,7 +615,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ))
                 .await?
                 .into_inner();
-            print_savepoint(output, &job, &response, args.detach);
+            print_savepoint(output, &job, &response, args.detach)?;
         }
         Command::Status { job, operation_id } => {
             let operation = service(&server)
@@ -630,8 +631,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|status| with_set_status_hint(status, &operation_id))?
                 .into_inner();
             match output {
-                Output::Json => print_json(&operation_json(&operation)),
-                Output::Text => print!("{}", operation_text(&operation, now_ms())),
+                Output::Json => print_json(&operation_json(&operation))?,
+                Output::Text => write_stdout(&operation_text(&operation, now_ms()))?,
             }
             match operation.status() {
                 proto::OperationStatus::Pending | proto::OperationStatus::Completed => {}
@@ -656,8 +657,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             match output {
                 Output::Json => print_json(&Value::Array(
                     savepoints.iter().map(savepoint_info_json).collect(),
-                )),
-                Output::Text => print!("{}", savepoints_text(&job, &savepoints)),
+                ))?,
+                Output::Text => write_stdout(&savepoints_text(&job, &savepoints))?,
             }
         }
         Command::Dispose { path } => {
@@ -672,13 +673,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let text = if response.existed {
                 format!("savepoint {path} disposed of")
             } else {
-                format!("nothing to dispose of at {path} (already gone)")
+                format!(
+                    "nothing to dispose of at {path} (no savepoint there, or already disposed of)"
+                )
             };
             print(
                 output,
                 json!({"path": path, "deleted": response.existed}),
                 text,
-            );
+            )?;
         }
         Command::Checkpoint { job, timeout } => {
             let response = service(&server)
@@ -698,7 +701,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "checkpoint {} of job {job} completed",
                     response.checkpoint_id
                 ),
-            );
+            )?;
         }
         Command::Restore {
             job,
@@ -719,7 +722,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ))
                 .await?
                 .into_inner();
-            print_restore(output, &job, &response, Some(claim_mode));
+            print_restore(output, &job, &response, Some(claim_mode))?;
         }
         Command::RestoreLatest {
             job,
@@ -736,7 +739,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ))
                 .await?
                 .into_inner();
-            print_restore(output, &job, &response, None);
+            print_restore(output, &job, &response, None)?;
         }
         Command::Stats { job } => {
             let stats = service(&server)
@@ -750,8 +753,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await?
                 .into_inner();
             match output {
-                Output::Json => print_json(&stats_json(&job, &stats)),
-                Output::Text => print!("{}", stats_text(&job, &stats, now_ms())),
+                Output::Json => print_json(&stats_json(&job, &stats))?,
+                Output::Text => write_stdout(&stats_text(&job, &stats, now_ms()))?,
             }
         }
         Command::Unregister { job } => {
@@ -768,7 +771,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 output,
                 json!({"job_id": job, "unregistered": true}),
                 format!("job {job} unregistered; its savepoints stay on disk"),
-            );
+            )?;
         }
     }
     Ok(())
@@ -792,7 +795,7 @@ async fn register(
             "job {job_id} registered; fencing token {}",
             response.fencing_token
         ),
-    );
+    )?;
     Ok(())
 }
 
@@ -813,8 +816,8 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
     let simulation = simulator.connect(channel).await?;
     if output == Output::Text {
         let tasks: usize = plans.iter().map(|p| p.tasks.len()).sum();
-        println!(
-            "simulating {tasks} tasks on {} task managers; Ctrl-C to stop",
+        let mut text = format!(
+            "simulating {tasks} tasks on {} task managers; Ctrl-C to stop\n",
             plans.len()
         );
         for plan in &plans {
@@ -823,8 +826,13 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
                 .iter()
                 .map(|t| format!("{}#{}", t.vertex_id, t.subtask_index))
                 .collect();
-            println!("  {}: {}", plan.task_manager_id, names.join(", "));
+            text.push_str(&format!(
+                "  {}: {}\n",
+                plan.task_manager_id,
+                names.join(", ")
+            ));
         }
+        write_stdout(&text)?;
     }
     let summary = simulation
         .run(async {
@@ -835,8 +843,8 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
         })
         .await;
     match output {
-        Output::Json => print_json(&summary_json(&summary)),
-        Output::Text => print!("{}", summary_text(&summary)),
+        Output::Json => print_json(&summary_json(&summary))?,
+        Output::Text => write_stdout(&summary_text(&summary))?,
     }
     match summary.end {
         SimulationEnd::Shutdown => Ok(()),
@@ -857,19 +865,35 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
 // Output
 // ---------------------------------------------------------------------------------------
 
-fn print(output: Output, json: Value, text: String) {
-    match output {
-        Output::Json => print_json(&json),
-        Output::Text => println!("{text}"),
+/// Writes `text` to stdout. A reader that went away (`savepointctl stats | head`) or a
+/// full disk ends the command with exit 1 instead of a panic.
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::Reported),
+        Err(error) => Err(Failure::Rpc {
+            code: "UNKNOWN",
+            message: format!("cannot write the output: {error}"),
+        }),
     }
 }
 
-fn print_json(value: &Value) {
+/// Prints `json` or, for people, `text` and a line break.
+fn print(output: Output, json: Value, text: String) -> Result<(), Failure> {
+    match output {
+        Output::Json => print_json(&json),
+        Output::Text => write_stdout(&format!("{text}\n")),
+    }
+}
+
+fn print_json(value: &Value) -> Result<(), Failure> {
     // Serialising a Value cannot fail.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    write_stdout(&format!("{text}\n"))
 }
 
 fn now_ms() -> u64 {
@@ -1036,14 +1060,14 @@ fn print_restore(
     job: &str,
     response: &proto::RestoreResponse,
     claim_mode: Option<ClaimModeArg>,
-) {
+) -> Result<(), Failure> {
     match output {
         Output::Json => {
             let mut value = restore_json(job, response);
             value["claim_mode"] = claim_mode.map_or(Value::Null, |mode| {
                 short_name(proto::ClaimMode::from(mode).as_str_name(), "CLAIM_MODE_").into()
             });
-            print_json(&value);
+            print_json(&value)
         }
         Output::Text => {
             let mut text = restore_text(job, response);
@@ -1059,7 +1083,7 @@ fn print_restore(
             if let Some(first_line_end) = text.find('\n') {
                 text.insert_str(first_line_end + 1, ownership);
             }
-            print!("{text}");
+            write_stdout(&text)
         }
     }
 }
@@ -1124,7 +1148,7 @@ fn print_savepoint(
     job: &str,
     response: &proto::TriggerSavepointResponse,
     detach: bool,
-) {
+) -> Result<(), Failure> {
     let text = if detach {
         response.operation_id.clone()
     } else {
@@ -1140,7 +1164,7 @@ fn print_savepoint(
             "status": operation_status_name(response.status()),
         }),
         text,
-    );
+    )
 }
 
 fn operation_json(operation: &proto::SavepointOperation) -> Value {
