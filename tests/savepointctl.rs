@@ -5,13 +5,16 @@
 mod in_process_server;
 
 use in_process_server::{TestServer, WAIT};
-use savepoint_coordinator::client::simulator::{SimulatedVertex, Simulator, SimulatorConfig};
+use savepoint_coordinator::client::simulator::{
+    SimulatedVertex, SimulationSummary, Simulator, SimulatorConfig,
+};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 const EXAMPLE_JOB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/job.yaml");
 
@@ -55,6 +58,80 @@ fn json(args: &str, output: &Output) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args} prints JSON ({e}): {text}"))
 }
 
+/// The example job's tasks on three simulated task managers that acknowledge every
+/// snapshot after `ack_delay`.
+struct Simulation {
+    stop: oneshot::Sender<()>,
+    running: JoinHandle<SimulationSummary>,
+}
+
+impl Simulation {
+    /// Connects (bounded) the tasks of the example job registered as `job_id`.
+    async fn start(server: &TestServer, job_id: &str, ack_delay: Duration) -> Simulation {
+        let config = SimulatorConfig {
+            job_id: job_id.to_string(),
+            vertices: [("source", 2), ("map", 2), ("sink", 1)]
+                .into_iter()
+                .map(|(id, parallelism)| SimulatedVertex {
+                    id: id.to_string(),
+                    parallelism,
+                })
+                .collect(),
+            wait_for_vertices: Vec::new(),
+            task_managers: 3,
+            ack_delay,
+        };
+        let simulation = tokio::time::timeout(
+            WAIT,
+            Simulator::new(config)
+                .expect("valid config")
+                .connect(server.channel().await),
+        )
+        .await
+        .expect("simulator connects in time")
+        .expect("simulator connects");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(simulation.run(async {
+            let _ = stopped.await;
+        }));
+        Simulation { stop, running }
+    }
+
+    /// Stops the simulated task managers, bounded.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.running)
+            .await
+            .expect("simulation stops in time")
+            .expect("simulation task");
+    }
+}
+
+/// Polls `status JOB OPERATION --output json` (at most 100 times, 50 ms apart) until the
+/// operation is no longer PENDING; returns the last output and its JSON.
+async fn poll_operation(server: &TestServer, job: &str, operation: &str) -> (Output, Value) {
+    for _ in 0..100 {
+        let output = ctl(server, &["status", job, operation, "--output", "json"]).await;
+        let text = stdout(&output);
+        let value: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("status prints JSON ({e}): {text} {}", stderr(&output)));
+        if value["status"] != "PENDING" {
+            return (output, value);
+        }
+        assert_eq!(output.status.code(), Some(0), "PENDING exits 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("operation {operation} of job {job} is still PENDING after 100 polls");
+}
+
+/// The (single) element of a `list --output json` array with checkpoint id `id`.
+fn listed(list: &Value, id: u64) -> Option<&Value> {
+    list.as_array()
+        .expect("list prints an array")
+        .iter()
+        .find(|entry| entry["checkpoint_id"] == id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_status_and_stats_and_an_unknown_job() {
     let server = TestServer::start().await;
@@ -74,9 +151,9 @@ async fn register_status_and_stats_and_an_unknown_job() {
         stderr(&again)
     );
 
-    let status = ctl(&server, &["status", "wordcount", "RUNNING"]).await;
+    let status = ctl(&server, &["set-status", "wordcount", "RUNNING"]).await;
     assert_eq!(
-        succeeded("status", &status),
+        succeeded("set-status", &status),
         "job wordcount is now RUNNING\n"
     );
 
@@ -99,7 +176,7 @@ async fn register_status_and_stats_and_an_unknown_job() {
         stderr(&unknown)
     );
 
-    let usage = ctl(&server, &["status", "wordcount", "SLEEPING"]).await;
+    let usage = ctl(&server, &["set-status", "wordcount", "SLEEPING"]).await;
     assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
 
     server.stop().await;
@@ -110,35 +187,10 @@ async fn savepoint_path_restores_into_a_second_job() {
     let server = TestServer::start().await;
     succeeded("register", &ctl(&server, &["register", EXAMPLE_JOB]).await);
 
-    let config = SimulatorConfig {
-        job_id: "wordcount".to_string(),
-        vertices: [("source", 2), ("map", 2), ("sink", 1)]
-            .into_iter()
-            .map(|(id, parallelism)| SimulatedVertex {
-                id: id.to_string(),
-                parallelism,
-            })
-            .collect(),
-        wait_for_vertices: Vec::new(),
-        task_managers: 3,
-        ack_delay: Duration::ZERO,
-    };
-    let simulation = tokio::time::timeout(
-        WAIT,
-        Simulator::new(config)
-            .expect("valid config")
-            .connect(server.channel().await),
-    )
-    .await
-    .expect("simulator connects in time")
-    .expect("simulator connects");
-    let (stop_simulation, simulation_stopped) = oneshot::channel::<()>();
-    let simulating = tokio::spawn(simulation.run(async {
-        let _ = simulation_stopped.await;
-    }));
+    let simulation = Simulation::start(&server, "wordcount", Duration::ZERO).await;
     succeeded(
-        "status",
-        &ctl(&server, &["status", "wordcount", "running"]).await,
+        "set-status",
+        &ctl(&server, &["set-status", "wordcount", "running"]).await,
     );
 
     let saved = ctl(&server, &["savepoint", "wordcount", "--timeout", "15"]).await;
@@ -147,11 +199,7 @@ async fn savepoint_path_restores_into_a_second_job() {
         Path::new(&path).join("_metadata").is_file(),
         "savepoint prints a path with _metadata: {path}"
     );
-    let _ = stop_simulation.send(());
-    tokio::time::timeout(WAIT, simulating)
-        .await
-        .expect("simulation stops in time")
-        .expect("simulation task");
+    simulation.stop().await;
 
     // The same job under another id, as the README suggests.
     let copy = server.data_dir.path().join("wordcount-copy.yaml");
@@ -168,7 +216,15 @@ async fn savepoint_path_restores_into_a_second_job() {
         "restore --output json",
         &ctl(
             &server,
-            &["restore", "wordcount-copy", &path, "--output", "json"],
+            &[
+                "restore",
+                "wordcount-copy",
+                &path,
+                "--claim-mode",
+                "claim",
+                "--output",
+                "json",
+            ],
         )
         .await,
     );
@@ -178,12 +234,17 @@ async fn savepoint_path_restores_into_a_second_job() {
     let handle = &assignments[4]["handles"][0];
     let checkpoint_id = restored["checkpoint_id"].as_u64().expect("checkpoint id");
     assert_eq!(handle["text"], format!("sink/0@{checkpoint_id}"));
+    assert_eq!(restored["claim_mode"], "CLAIM");
 
     let table = ctl(&server, &["restore", "wordcount-copy", &path]).await;
     // A second restore of the same job is allowed while its subtasks are CREATED.
     let table = succeeded("restore", &table);
     assert!(table.contains("SUBTASK"), "{table}");
     assert!(table.contains("map#1"), "{table}");
+    assert!(
+        table.contains("the savepoint stays yours (no-claim)"),
+        "no-claim is the default: {table}"
+    );
 
     succeeded(
         "unregister",
@@ -193,5 +254,183 @@ async fn savepoint_path_restores_into_a_second_job() {
         Path::new(&path).join("_metadata").is_file(),
         "savepoints stay after unregister"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_savepoint_is_followed_listed_and_disposed_and_stop_finishes_the_job() {
+    let server = TestServer::start().await;
+    succeeded("register", &ctl(&server, &["register", EXAMPLE_JOB]).await);
+    let simulation = Simulation::start(&server, "wordcount", Duration::ZERO).await;
+    succeeded(
+        "set-status",
+        &ctl(&server, &["set-status", "wordcount", "RUNNING"]).await,
+    );
+
+    let args = [
+        "savepoint",
+        "wordcount",
+        "--detach",
+        "--request-id",
+        "nightly-1",
+        "--output",
+        "json",
+    ];
+    let detached = json("savepoint --detach", &ctl(&server, &args).await);
+    assert_eq!(detached["operation_id"], "nightly-1");
+    assert!(
+        detached["status"] == "PENDING" || detached["status"] == "COMPLETED",
+        "{detached}"
+    );
+    let checkpoint_id = detached["checkpoint_id"].as_u64().expect("checkpoint id");
+    let text = ctl(&server, &args[..5]).await;
+    assert_eq!(
+        succeeded("savepoint --detach (text)", &text),
+        "nightly-1\n",
+        "a repeated request id prints the same operation id"
+    );
+
+    let (finished, operation) = poll_operation(&server, "wordcount", "nightly-1").await;
+    assert_eq!(operation["status"], "COMPLETED", "{operation}");
+    assert_eq!(finished.status.code(), Some(0));
+    assert_eq!(operation["checkpoint_id"], checkpoint_id);
+    assert_eq!(operation["trigger"], "MANUAL");
+    assert_eq!(operation["path"], detached["path"]);
+    let path = operation["path"].as_str().expect("path").to_string();
+    assert!(Path::new(&path).join("_metadata").is_file(), "{path}");
+    let status_text = succeeded(
+        "status",
+        &ctl(&server, &["status", "wordcount", "nightly-1"]).await,
+    );
+    assert!(
+        status_text.starts_with("savepoint operation nightly-1 of job wordcount: COMPLETED\n"),
+        "{status_text}"
+    );
+    assert!(status_text.contains(&path), "{status_text}");
+
+    let list = json(
+        "list --output json",
+        &ctl(&server, &["list", "wordcount", "--output", "json"]).await,
+    );
+    let entry = listed(&list, checkpoint_id).unwrap_or_else(|| panic!("listed: {list}"));
+    assert_eq!(entry["path"], path.as_str());
+    assert_eq!(entry["trigger"], "MANUAL");
+    let list_text = succeeded("list", &ctl(&server, &["list", "wordcount"]).await);
+    assert!(list_text.starts_with("ID  TRIGGER"), "{list_text}");
+    assert!(list_text.contains(&path), "{list_text}");
+
+    let disposed = json(
+        "dispose --output json",
+        &ctl(&server, &["dispose", &path, "--output", "json"]).await,
+    );
+    assert_eq!(disposed["deleted"], true, "{disposed}");
+    assert!(!Path::new(&path).exists(), "{path} is deleted");
+    let again = succeeded("dispose again", &ctl(&server, &["dispose", &path]).await);
+    assert!(again.starts_with("nothing to dispose of at "), "{again}");
+    let list = json(
+        "list --output json",
+        &ctl(&server, &["list", "wordcount", "--output", "json"]).await,
+    );
+    assert!(listed(&list, checkpoint_id).is_none(), "{list}");
+
+    let outside = ctl(&server, &["dispose", "/etc"]).await;
+    assert_eq!(outside.status.code(), Some(1));
+    assert!(
+        stderr(&outside).starts_with("error: INVALID_ARGUMENT: "),
+        "{}",
+        stderr(&outside)
+    );
+    assert!(Path::new("/etc").is_dir());
+
+    let unknown = ctl(&server, &["status", "wordcount", "nope"]).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(unknown.stdout.is_empty());
+    assert!(
+        stderr(&unknown).starts_with("error: NOT_FOUND: "),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let stopped = ctl(
+        &server,
+        &["stop", "wordcount", "--drain", "--timeout", "15"],
+    )
+    .await;
+    let stop_path = succeeded("stop --drain", &stopped).trim().to_string();
+    assert!(
+        Path::new(&stop_path).join("_metadata").is_file(),
+        "stop prints the savepoint's path: {stop_path}"
+    );
+    let stats = json(
+        "stats --output json",
+        &ctl(&server, &["stats", "wordcount", "--output", "json"]).await,
+    );
+    assert_eq!(stats["job_status"], "FINISHED", "{stats}");
+    assert_eq!(stats["latest_savepoint"]["trigger"], "STOP", "{stats}");
+    assert_eq!(stats["latest_savepoint"]["path"], stop_path.as_str());
+    let stats_text = succeeded("stats", &ctl(&server, &["stats", "wordcount"]).await);
+    assert!(
+        stats_text.starts_with("job wordcount: FINISHED\n"),
+        "{stats_text}"
+    );
+    assert!(
+        stats_text.contains(" stop "),
+        "history names the trigger: {stats_text}"
+    );
+
+    simulation.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_failed_operation_names_the_reason_and_exits_1() {
+    let server = TestServer::start().await;
+    succeeded("register", &ctl(&server, &["register", EXAMPLE_JOB]).await);
+    // Acknowledgements far later than the test, so the savepoint stays pending until the
+    // job leaves RUNNING.
+    let simulation = Simulation::start(&server, "wordcount", Duration::from_secs(600)).await;
+    succeeded(
+        "set-status",
+        &ctl(&server, &["set-status", "wordcount", "RUNNING"]).await,
+    );
+    let detached = json(
+        "savepoint --detach",
+        &ctl(
+            &server,
+            &["savepoint", "wordcount", "--detach", "--output", "json"],
+        )
+        .await,
+    );
+    assert_eq!(detached["status"], "PENDING", "{detached}");
+    let operation_id = detached["operation_id"].as_str().expect("operation id");
+    succeeded(
+        "set-status",
+        &ctl(&server, &["set-status", "wordcount", "CANCELED"]).await,
+    );
+
+    let (failed, operation) = poll_operation(&server, "wordcount", operation_id).await;
+    assert_eq!(operation["status"], "FAILED", "{operation}");
+    assert_eq!(failed.status.code(), Some(1), "FAILED exits 1");
+    assert_eq!(
+        operation["failure_reason"], "JOB_NOT_RUNNING",
+        "{operation}"
+    );
+    let text = ctl(&server, &["status", "wordcount", operation_id]).await;
+    assert_eq!(text.status.code(), Some(1));
+    assert!(
+        stdout(&text).contains("reason      JOB_NOT_RUNNING: "),
+        "{}",
+        stdout(&text)
+    );
+
+    let old_habit = ctl(&server, &["status", "wordcount", "RUNNING"]).await;
+    assert_eq!(old_habit.status.code(), Some(1));
+    assert!(
+        stderr(&old_habit).contains("set-status"),
+        "{}",
+        stderr(&old_habit)
+    );
+
+    simulation.stop().await;
     server.stop().await;
 }

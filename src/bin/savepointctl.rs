@@ -3,8 +3,9 @@
 //! Every subcommand maps onto one `SavepointService` RPC (plus `simulate`, which runs a
 //! job's tasks on simulated task managers). Output is text for people or JSON for
 //! scripts (`--output json`). Exit codes: 0 success; 1 the server refused the request or
-//! could not be reached (`error: <CODE>: <message>` on stderr); 2 bad usage or an
-//! unusable input file.
+//! could not be reached (`error: <CODE>: <message>` on stderr), or `status` found the
+//! savepoint operation FAILED (the operation is printed as usual), or stdout could not be
+//! written (silently when the reader went away); 2 bad usage or an unusable input file.
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -17,6 +18,7 @@ use savepoint_coordinator::proto::savepoint_service_client::SavepointServiceClie
 use savepoint_coordinator::service::error::code_name;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,14 +31,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of the calls that do not wait for a snapshot.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Command-line client of savepointd: register jobs, trigger and restore savepoints,
-/// read checkpoint statistics, simulate task managers.
+/// Command-line client of savepointd: register jobs, take, follow, list, restore and
+/// dispose of savepoints, read checkpoint statistics, simulate task managers.
 #[derive(Debug, Parser)]
 #[command(
     version,
     about,
     after_help = "Exit codes: 0 success; 1 the server refused the request or could not be \
-                  reached; 2 bad usage or an unusable input file."
+                  reached, or `status` found the operation FAILED; 2 bad usage or an \
+                  unusable input file."
 )]
 struct Cli {
     /// Address of savepointd.
@@ -72,23 +75,45 @@ enum Command {
     },
     /// Reports the job's status; RUNNING starts periodic checkpoints, any other status
     /// stops them (UpdateJobStatus).
-    Status {
+    SetStatus {
         /// Job id.
         job: String,
         /// The new status.
         #[arg(value_enum, ignore_case = true)]
         status: JobStatusArg,
     },
-    /// Triggers a savepoint and prints its path once it is durable (TriggerSavepoint).
-    Savepoint {
+    /// Triggers a savepoint and prints its path once it is durable, or with --detach its
+    /// operation id at once (TriggerSavepoint).
+    Savepoint(SavepointArgs),
+    /// Takes a savepoint and then finishes the job; prints the path once the savepoint
+    /// is durable, or with --detach the operation id at once (StopWithSavepoint). A failed
+    /// savepoint leaves the job RUNNING.
+    Stop {
+        #[command(flatten)]
+        savepoint: SavepointArgs,
+        /// Drain first: the tasks emit the final watermark and flush all windows.
+        #[arg(long)]
+        drain: bool,
+    },
+    /// Shows a savepoint operation: PENDING, COMPLETED or FAILED with the reason
+    /// (GetSavepointOperation). Exits 1 if the operation FAILED.
+    Status {
         /// Job id.
         job: String,
-        /// Target directory on the server; default: the job's, else the server's.
-        #[arg(long)]
-        dir: Option<String>,
-        /// Seconds to wait; the savepoint goes on in the background after that.
-        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        /// The operation id printed by `savepoint --detach` or `stop --detach` (the
+        /// request id, when one was given).
+        operation_id: String,
+    },
+    /// Lists the job's completed savepoints, newest first (ListSavepoints).
+    List {
+        /// Job id.
+        job: String,
+    },
+    /// Deletes a savepoint: its metadata and its directory (DisposeSavepoint). The path
+    /// must lie under one of the server's savepoint roots. Disposing twice is fine.
+    Dispose {
+        /// Savepoint path, as printed by `savepoint` or `list`.
+        path: String,
     },
     /// Triggers a checkpoint now and waits for it (TriggerCheckpoint).
     Checkpoint {
@@ -108,6 +133,11 @@ enum Command {
         /// Skip state of vertices the job no longer has instead of refusing.
         #[arg(long)]
         allow_non_restored_state: bool,
+        /// Who owns the savepoint afterwards: no-claim leaves it to you (the job's first
+        /// checkpoint is then a full one); claim hands it to the job, which deletes it
+        /// once newer checkpoints subsume it.
+        #[arg(long, value_enum, default_value_t = ClaimModeArg::NoClaim)]
+        claim_mode: ClaimModeArg,
     },
     /// Maps the latest retained checkpoint onto the job's subtasks
     /// (RestoreLatestCheckpoint).
@@ -144,6 +174,46 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         ack_delay_ms: u64,
     },
+}
+
+/// The options of `savepoint`, shared by `stop`.
+#[derive(Debug, clap::Args)]
+struct SavepointArgs {
+    /// Job id.
+    job: String,
+    /// Target directory on the server; default: the job's, else the server's.
+    #[arg(long)]
+    dir: Option<String>,
+    /// Idempotency key and operation id ([A-Za-z0-9._-], at most 128 characters): a
+    /// repeat with the same id finds the first operation instead of taking another
+    /// savepoint.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Return as soon as the savepoint is triggered and print its operation id; follow
+    /// it with `status`.
+    #[arg(long)]
+    detach: bool,
+    /// Seconds to wait; the savepoint goes on in the background after that.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+}
+
+/// Claim modes as typed on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClaimModeArg {
+    /// The savepoint stays yours.
+    NoClaim,
+    /// The job takes the savepoint over.
+    Claim,
+}
+
+impl From<ClaimModeArg> for proto::ClaimMode {
+    fn from(mode: ClaimModeArg) -> Self {
+        match mode {
+            ClaimModeArg::NoClaim => proto::ClaimMode::NoClaim,
+            ClaimModeArg::Claim => proto::ClaimMode::Claim,
+        }
+    }
 }
 
 /// Job statuses as typed on the command line.
@@ -202,6 +272,9 @@ struct JobFile {
     /// Default savepoint target directory on the server.
     #[serde(default)]
     savepoint_dir: Option<String>,
+    /// Periodic savepoints and savepoint retention; missing means neither.
+    #[serde(default, alias = "savepoint_policy")]
+    savepoints: Option<SavepointPolicyFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +304,24 @@ struct PolicyFile {
     retained: u32,
     #[serde(default)]
     tolerable_failures: u32,
+}
+
+/// Periodic savepoints and retention; 0, empty or missing switches each part off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavepointPolicyFile {
+    /// A savepoint every interval_ms while the job is RUNNING.
+    #[serde(default)]
+    interval_ms: u64,
+    /// Or a cron schedule (UTC, seconds first), e.g. "0 0 * * * *" for every hour.
+    #[serde(default)]
+    cron: String,
+    /// Keep at most this many completed savepoints.
+    #[serde(default)]
+    max_retained: u32,
+    /// Dispose of savepoints older than this (the newest always stays).
+    #[serde(default)]
+    max_age_ms: u64,
 }
 
 impl JobFile {
@@ -278,7 +369,12 @@ impl JobFile {
                 retained: policy.retained,
                 tolerable_failures: policy.tolerable_failures,
             }),
-            savepoint_policy: None,
+            savepoint_policy: self.savepoints.map(|s| proto::SavepointPolicy {
+                interval_ms: s.interval_ms,
+                cron: s.cron,
+                max_retained: s.max_retained,
+                max_age_ms: s.max_age_ms,
+            }),
             savepoint_dir: self.savepoint_dir.unwrap_or_default(),
         }
     }
@@ -294,6 +390,9 @@ enum Failure {
     Rpc { code: &'static str, message: String },
     /// The command line or an input file is unusable (exit 2).
     Input(anyhow::Error),
+    /// The answer is printed and says the thing asked about failed, e.g. a FAILED
+    /// savepoint operation (exit 1, nothing more to say).
+    Reported,
 }
 
 impl From<tonic::Status> for Failure {
@@ -335,6 +434,24 @@ impl From<SimulatorError> for Failure {
     }
 }
 
+/// `status JOB RUNNING` used to set the job's status; point whoever still types that
+/// at `set-status` when the "operation id" is a job status.
+fn with_set_status_hint(status: tonic::Status, operation_id: &str) -> Failure {
+    let looks_like_a_status = JobStatusArg::from_str(operation_id, true).is_ok();
+    let mut failure = Failure::from(status);
+    if let Failure::Rpc {
+        code: "NOT_FOUND",
+        message,
+    } = &mut failure
+        && looks_like_a_status
+    {
+        message.push_str(&format!(
+            "; to set the job's status, use `set-status JOB {operation_id}`"
+        ));
+    }
+    failure
+}
+
 /// The static code name matching a StreamError's code string.
 fn code_name_of(code: &str) -> &'static str {
     (0..=16)
@@ -354,6 +471,7 @@ impl Failure {
                 eprintln!("error: {error:#}");
                 ExitCode::from(2)
             }
+            Failure::Reported => ExitCode::from(1),
         }
     }
 }
@@ -444,7 +562,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let simulator = Simulator::new(config)?;
             simulate(simulator, connect(&server).await?, output).await?;
         }
-        Command::Status { job, status } => {
+        Command::SetStatus { job, status } => {
             let status = proto::JobStatus::from(status);
             service(&server)
                 .await?
@@ -461,26 +579,109 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 output,
                 json!({"job_id": job, "status": status}),
                 format!("job {job} is now {status}"),
-            );
+            )?;
         }
-        Command::Savepoint { job, dir, timeout } => {
+        Command::Savepoint(args) => {
+            let job = args.job.clone();
             let response = service(&server)
                 .await?
                 .trigger_savepoint(request(
                     proto::TriggerSavepointRequest {
-                        job_id: job.clone(),
-                        target_directory: dir.unwrap_or_default(),
-                        ..Default::default()
+                        job_id: args.job,
+                        target_directory: args.dir.unwrap_or_default(),
+                        request_id: args.request_id.unwrap_or_default(),
+                        detach: args.detach,
                     },
-                    Duration::from_secs(timeout),
+                    Duration::from_secs(args.timeout),
                 ))
                 .await?
                 .into_inner();
+            print_savepoint(output, &job, &response, args.detach)?;
+        }
+        Command::Stop { savepoint, drain } => {
+            let args = savepoint;
+            let job = args.job.clone();
+            let response = service(&server)
+                .await?
+                .stop_with_savepoint(request(
+                    proto::StopWithSavepointRequest {
+                        job_id: args.job,
+                        target_directory: args.dir.unwrap_or_default(),
+                        drain,
+                        request_id: args.request_id.unwrap_or_default(),
+                        detach: args.detach,
+                    },
+                    Duration::from_secs(args.timeout),
+                ))
+                .await?
+                .into_inner();
+            print_savepoint(output, &job, &response, args.detach)?;
+        }
+        Command::Status { job, operation_id } => {
+            let operation = service(&server)
+                .await?
+                .get_savepoint_operation(request(
+                    proto::GetSavepointOperationRequest {
+                        job_id: job,
+                        operation_id: operation_id.clone(),
+                    },
+                    RPC_TIMEOUT,
+                ))
+                .await
+                .map_err(|status| with_set_status_hint(status, &operation_id))?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&operation_json(&operation))?,
+                Output::Text => write_stdout(&operation_text(&operation, now_ms()))?,
+            }
+            match operation.status() {
+                proto::OperationStatus::Pending | proto::OperationStatus::Completed => {}
+                proto::OperationStatus::Failed | proto::OperationStatus::Unspecified => {
+                    return Err(Failure::Reported);
+                }
+            }
+        }
+        Command::List { job } => {
+            let response = service(&server)
+                .await?
+                .list_savepoints(request(
+                    proto::ListSavepointsRequest {
+                        job_id: job.clone(),
+                    },
+                    RPC_TIMEOUT,
+                ))
+                .await?
+                .into_inner();
+            let mut savepoints = response.savepoints;
+            savepoints.sort_by_key(|info| std::cmp::Reverse(info.checkpoint_id));
+            match output {
+                Output::Json => print_json(&Value::Array(
+                    savepoints.iter().map(savepoint_info_json).collect(),
+                ))?,
+                Output::Text => write_stdout(&savepoints_text(&job, &savepoints))?,
+            }
+        }
+        Command::Dispose { path } => {
+            let response = service(&server)
+                .await?
+                .dispose_savepoint(request(
+                    proto::DisposeSavepointRequest { path: path.clone() },
+                    RPC_TIMEOUT,
+                ))
+                .await?
+                .into_inner();
+            let text = if response.existed {
+                format!("savepoint {path} disposed of")
+            } else {
+                format!(
+                    "nothing to dispose of at {path} (no savepoint there, or already disposed of)"
+                )
+            };
             print(
                 output,
-                json!({"job_id": job, "checkpoint_id": response.checkpoint_id, "path": response.path}),
-                response.path.clone(),
-            );
+                json!({"path": path, "deleted": response.existed}),
+                text,
+            )?;
         }
         Command::Checkpoint { job, timeout } => {
             let response = service(&server)
@@ -500,12 +701,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "checkpoint {} of job {job} completed",
                     response.checkpoint_id
                 ),
-            );
+            )?;
         }
         Command::Restore {
             job,
             path,
             allow_non_restored_state,
+            claim_mode,
         } => {
             let response = service(&server)
                 .await?
@@ -514,13 +716,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         job_id: job.clone(),
                         path,
                         allow_non_restored_state,
-                        ..Default::default()
+                        claim_mode: proto::ClaimMode::from(claim_mode).into(),
                     },
                     RPC_TIMEOUT,
                 ))
                 .await?
                 .into_inner();
-            print_restore(output, &job, &response);
+            print_restore(output, &job, &response, Some(claim_mode))?;
         }
         Command::RestoreLatest {
             job,
@@ -537,7 +739,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ))
                 .await?
                 .into_inner();
-            print_restore(output, &job, &response);
+            print_restore(output, &job, &response, None)?;
         }
         Command::Stats { job } => {
             let stats = service(&server)
@@ -551,8 +753,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await?
                 .into_inner();
             match output {
-                Output::Json => print_json(&stats_json(&job, &stats)),
-                Output::Text => print!("{}", stats_text(&job, &stats, now_ms())),
+                Output::Json => print_json(&stats_json(&job, &stats))?,
+                Output::Text => write_stdout(&stats_text(&job, &stats, now_ms()))?,
             }
         }
         Command::Unregister { job } => {
@@ -569,7 +771,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 output,
                 json!({"job_id": job, "unregistered": true}),
                 format!("job {job} unregistered; its savepoints stay on disk"),
-            );
+            )?;
         }
     }
     Ok(())
@@ -593,7 +795,7 @@ async fn register(
             "job {job_id} registered; fencing token {}",
             response.fencing_token
         ),
-    );
+    )?;
     Ok(())
 }
 
@@ -614,8 +816,8 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
     let simulation = simulator.connect(channel).await?;
     if output == Output::Text {
         let tasks: usize = plans.iter().map(|p| p.tasks.len()).sum();
-        println!(
-            "simulating {tasks} tasks on {} task managers; Ctrl-C to stop",
+        let mut text = format!(
+            "simulating {tasks} tasks on {} task managers; Ctrl-C to stop\n",
             plans.len()
         );
         for plan in &plans {
@@ -624,8 +826,13 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
                 .iter()
                 .map(|t| format!("{}#{}", t.vertex_id, t.subtask_index))
                 .collect();
-            println!("  {}: {}", plan.task_manager_id, names.join(", "));
+            text.push_str(&format!(
+                "  {}: {}\n",
+                plan.task_manager_id,
+                names.join(", ")
+            ));
         }
+        write_stdout(&text)?;
     }
     let summary = simulation
         .run(async {
@@ -636,8 +843,8 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
         })
         .await;
     match output {
-        Output::Json => print_json(&summary_json(&summary)),
-        Output::Text => print!("{}", summary_text(&summary)),
+        Output::Json => print_json(&summary_json(&summary))?,
+        Output::Text => write_stdout(&summary_text(&summary))?,
     }
     match summary.end {
         SimulationEnd::Shutdown => Ok(()),
@@ -658,19 +865,35 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
 // Output
 // ---------------------------------------------------------------------------------------
 
-fn print(output: Output, json: Value, text: String) {
-    match output {
-        Output::Json => print_json(&json),
-        Output::Text => println!("{text}"),
+/// Writes `text` to stdout. A reader that went away (`savepointctl stats | head`) or a
+/// full disk ends the command with exit 1 instead of a panic.
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::Reported),
+        Err(error) => Err(Failure::Rpc {
+            code: "UNKNOWN",
+            message: format!("cannot write the output: {error}"),
+        }),
     }
 }
 
-fn print_json(value: &Value) {
+/// Prints `json` or, for people, `text` and a line break.
+fn print(output: Output, json: Value, text: String) -> Result<(), Failure> {
+    match output {
+        Output::Json => print_json(&json),
+        Output::Text => write_stdout(&format!("{text}\n")),
+    }
+}
+
+fn print_json(value: &Value) -> Result<(), Failure> {
     // Serialising a Value cannot fail.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    write_stdout(&format!("{text}\n"))
 }
 
 fn now_ms() -> u64 {
@@ -694,6 +917,30 @@ fn status_name(status: proto::SnapshotStatus) -> &'static str {
 
 fn reason_name(reason: proto::FailureReason) -> &'static str {
     short_name(reason.as_str_name(), "FAILURE_REASON_")
+}
+
+/// `MANUAL`, `PERIODIC`, `STOP`; None for UNSPECIFIED (checkpoints).
+fn trigger_name(trigger: proto::SavepointTrigger) -> Option<&'static str> {
+    (trigger != proto::SavepointTrigger::Unspecified)
+        .then(|| short_name(trigger.as_str_name(), "SAVEPOINT_TRIGGER_"))
+}
+
+/// The trigger for people: `manual`, `periodic`, `stop`, or `-`.
+fn trigger_text(trigger: proto::SavepointTrigger) -> String {
+    trigger_name(trigger).map_or_else(|| "-".to_string(), str::to_ascii_lowercase)
+}
+
+fn operation_status_name(status: proto::OperationStatus) -> &'static str {
+    short_name(status.as_str_name(), "OPERATION_STATUS_")
+}
+
+/// A wall-clock time for people, in UTC: `2024-05-01 12:00:03Z`; empty for 0 (unknown).
+fn timestamp(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
 }
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `3.0 MiB`.
@@ -806,10 +1053,38 @@ fn handle_json(handle: &proto::StateHandle) -> Value {
     value
 }
 
-fn print_restore(output: Output, job: &str, response: &proto::RestoreResponse) {
+/// Prints a restore's assignment; `claim_mode` for RestoreSavepoint, None for the
+/// latest checkpoint (which the job owns anyway).
+fn print_restore(
+    output: Output,
+    job: &str,
+    response: &proto::RestoreResponse,
+    claim_mode: Option<ClaimModeArg>,
+) -> Result<(), Failure> {
     match output {
-        Output::Json => print_json(&restore_json(job, response)),
-        Output::Text => print!("{}", restore_text(job, response)),
+        Output::Json => {
+            let mut value = restore_json(job, response);
+            value["claim_mode"] = claim_mode.map_or(Value::Null, |mode| {
+                short_name(proto::ClaimMode::from(mode).as_str_name(), "CLAIM_MODE_").into()
+            });
+            print_json(&value)
+        }
+        Output::Text => {
+            let mut text = restore_text(job, response);
+            let ownership = match claim_mode {
+                Some(ClaimModeArg::NoClaim) => {
+                    "the savepoint stays yours (no-claim); the job's first checkpoint is a full one\n"
+                }
+                Some(ClaimModeArg::Claim) => {
+                    "the job now owns the savepoint (claim); it is deleted once newer checkpoints subsume it\n"
+                }
+                None => "",
+            };
+            if let Some(first_line_end) = text.find('\n') {
+                text.insert_str(first_line_end + 1, ownership);
+            }
+            write_stdout(&text)
+        }
     }
 }
 
@@ -866,6 +1141,127 @@ fn restore_text(job: &str, response: &proto::RestoreResponse) -> String {
     text
 }
 
+/// The answer of `savepoint` and `stop`: the path once durable, or with --detach the
+/// operation id to follow with `status`.
+fn print_savepoint(
+    output: Output,
+    job: &str,
+    response: &proto::TriggerSavepointResponse,
+    detach: bool,
+) -> Result<(), Failure> {
+    let text = if detach {
+        response.operation_id.clone()
+    } else {
+        response.path.clone()
+    };
+    print(
+        output,
+        json!({
+            "job_id": job,
+            "operation_id": response.operation_id,
+            "checkpoint_id": response.checkpoint_id,
+            "path": response.path,
+            "status": operation_status_name(response.status()),
+        }),
+        text,
+    )
+}
+
+fn operation_json(operation: &proto::SavepointOperation) -> Value {
+    let failed = operation.failure_reason() != proto::FailureReason::Unspecified;
+    json!({
+        "operation_id": operation.operation_id,
+        "job_id": operation.job_id,
+        "status": operation_status_name(operation.status()),
+        "checkpoint_id": operation.checkpoint_id,
+        "trigger": trigger_name(operation.trigger()),
+        "drain": operation.drain,
+        "path": operation.path,
+        "trigger_timestamp_ms": operation.trigger_timestamp_ms,
+        "completion_timestamp_ms": operation.completion_timestamp_ms,
+        "duration_ms": operation.duration_ms,
+        "state_size_bytes": operation.state_size_bytes,
+        "failure_reason": failed.then(|| reason_name(operation.failure_reason())),
+        "failure_message": failed.then_some(operation.failure_message.as_str()),
+    })
+}
+
+fn operation_text(operation: &proto::SavepointOperation, now_ms: u64) -> String {
+    let status = operation.status();
+    let mut trigger = trigger_text(operation.trigger());
+    if operation.trigger() == proto::SavepointTrigger::Stop && operation.drain {
+        trigger.push_str(" (drain)");
+    }
+    let mut lines = vec![
+        format!(
+            "savepoint operation {} of job {}: {}",
+            operation.operation_id,
+            operation.job_id,
+            operation_status_name(status)
+        ),
+        format!("checkpoint  {}", operation.checkpoint_id),
+        format!("trigger     {trigger}"),
+    ];
+    let triggered = timestamp(operation.trigger_timestamp_ms);
+    if !triggered.is_empty() {
+        lines.push(format!(
+            "triggered   {triggered} ({})",
+            ago(operation.trigger_timestamp_ms, now_ms)
+        ));
+    }
+    let path_label = if status == proto::OperationStatus::Completed {
+        "path      "
+    } else {
+        "target    "
+    };
+    lines.push(format!("{path_label}  {}", operation.path));
+    if status != proto::OperationStatus::Pending {
+        lines.push(format!("size        {}", bytes(operation.state_size_bytes)));
+        lines.push(format!("duration    {} ms", operation.duration_ms));
+    }
+    if operation.failure_reason() != proto::FailureReason::Unspecified {
+        lines.push(format!(
+            "reason      {}: {}",
+            reason_name(operation.failure_reason()),
+            operation.failure_message
+        ));
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+fn savepoint_info_json(info: &proto::SavepointInfo) -> Value {
+    json!({
+        "checkpoint_id": info.checkpoint_id,
+        "trigger": trigger_name(info.trigger()),
+        "state_size_bytes": info.state_size_bytes,
+        "trigger_timestamp_ms": info.trigger_timestamp_ms,
+        "completion_timestamp_ms": info.completion_timestamp_ms,
+        "path": info.path,
+    })
+}
+
+/// The savepoints (newest first) as a table.
+fn savepoints_text(job: &str, savepoints: &[proto::SavepointInfo]) -> String {
+    if savepoints.is_empty() {
+        return format!("job {job} has no savepoints\n");
+    }
+    let rows: Vec<Vec<String>> = savepoints
+        .iter()
+        .map(|info| {
+            vec![
+                info.checkpoint_id.to_string(),
+                trigger_text(info.trigger()),
+                bytes(info.state_size_bytes),
+                timestamp(info.completion_timestamp_ms),
+                info.path.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "TRIGGER", "SIZE", "COMPLETED (UTC)", "PATH"], &rows)
+}
+
 fn snapshot_json(s: &proto::SnapshotStats) -> Value {
     json!({
         "checkpoint_id": s.checkpoint_id,
@@ -882,6 +1278,8 @@ fn snapshot_json(s: &proto::SnapshotStats) -> Value {
             .then(|| reason_name(s.failure_reason())),
         "failure_message": (!s.failure_message.is_empty()).then_some(s.failure_message.as_str()),
         "path": (!s.path.is_empty()).then_some(s.path.as_str()),
+        "trigger": trigger_name(s.trigger()),
+        "full": s.full,
         "subtasks": s.subtasks.iter().map(|t| json!({
             "vertex_id": t.subtask.as_ref().map(|s| s.vertex_id.as_str()),
             "subtask_index": t.subtask.as_ref().map(|s| s.subtask_index),
@@ -893,10 +1291,13 @@ fn snapshot_json(s: &proto::SnapshotStats) -> Value {
 }
 
 fn summary_json_of(summary: Option<&proto::Summary>) -> Value {
-    summary.map_or(
-        Value::Null,
-        |s| json!({"min": s.min, "avg": s.avg, "max": s.max}),
-    )
+    summary.map_or(Value::Null, |s| {
+        json!({
+            "min": s.min, "avg": s.avg, "max": s.max,
+            "p50": s.p50, "p90": s.p90, "p99": s.p99,
+            "count": s.count,
+        })
+    })
 }
 
 fn stats_json(job: &str, stats: &proto::GetCheckpointStatsResponse) -> Value {
@@ -918,17 +1319,25 @@ fn stats_json(job: &str, stats: &proto::GetCheckpointStatsResponse) -> Value {
             "checkpoint_id": r.checkpoint_id,
             "path": (!r.path.is_empty()).then_some(r.path.as_str()),
             "timestamp_ms": r.timestamp_ms,
+            "claim_mode": short_name(r.claim_mode().as_str_name(), "CLAIM_MODE_"),
         })),
         "duration_ms": summary_json_of(stats.duration_ms.as_ref()),
         "state_size_bytes": summary_json_of(stats.state_size_bytes.as_ref()),
+        "failed_by_reason": stats.failed_by_reason,
+        "periodic_savepoints_skipped": stats.periodic_savepoints_skipped,
+        "last_skip_reason": (!stats.last_skip_reason.is_empty())
+            .then_some(stats.last_skip_reason.as_str()),
         "history": stats.history.iter().map(snapshot_json).collect::<Vec<_>>(),
     })
 }
 
 /// One line about a snapshot: `checkpoint 4, 5/5 subtasks, 6 ms, 120 B, 2 s ago`.
 fn snapshot_line(s: &proto::SnapshotStats, now_ms: u64) -> String {
+    let trigger = trigger_name(s.trigger())
+        .map(|t| format!(" ({})", t.to_ascii_lowercase()))
+        .unwrap_or_default();
     let mut line = format!(
-        "{} {}, {}/{} subtasks, {} ms, {}",
+        "{} {}{trigger}, {}/{} subtasks, {} ms, {}",
         kind_name(s.kind()).to_ascii_lowercase(),
         s.checkpoint_id,
         s.acknowledged_subtasks,
@@ -953,6 +1362,20 @@ fn snapshot_line(s: &proto::SnapshotStats, now_ms: u64) -> String {
     line
 }
 
+/// `min 1 ms, avg 2 ms, max 5 ms (4 snapshots); recent p50 2 ms, p90 4 ms, p99 5 ms`.
+fn figures_text(summary: &proto::Summary, unit: impl Fn(u64) -> String) -> String {
+    format!(
+        "min {}, avg {}, max {} ({} snapshots); recent p50 {}, p90 {}, p99 {}",
+        unit(summary.min),
+        unit(summary.avg),
+        unit(summary.max),
+        summary.count,
+        unit(summary.p50),
+        unit(summary.p90),
+        unit(summary.p99),
+    )
+}
+
 fn stats_text(job: &str, stats: &proto::GetCheckpointStatsResponse, now_ms: u64) -> String {
     let mut text = format!(
         "job {job}: {}{}\n",
@@ -971,19 +1394,34 @@ fn stats_text(job: &str, stats: &proto::GetCheckpointStatsResponse, now_ms: u64)
         "failures          {} consecutive; {} acknowledgements discarded\n",
         stats.consecutive_failures, stats.discarded_acks
     ));
+    if !stats.failed_by_reason.is_empty() {
+        let mut reasons: Vec<(&String, &u64)> = stats.failed_by_reason.iter().collect();
+        reasons.sort();
+        let reasons: Vec<String> = reasons
+            .into_iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        text.push_str(&format!("failed by reason  {}\n", reasons.join(", ")));
+    }
+    if stats.periodic_savepoints_skipped > 0 || !stats.last_skip_reason.is_empty() {
+        let mut line = format!(
+            "periodic skipped  {} periodic savepoints",
+            stats.periodic_savepoints_skipped
+        );
+        if !stats.last_skip_reason.is_empty() {
+            line.push_str(&format!("; last because {}", stats.last_skip_reason));
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
     if let Some(d) = &stats.duration_ms {
         text.push_str(&format!(
-            "duration          min {} ms, avg {} ms, max {} ms\n",
-            d.min, d.avg, d.max
+            "duration          {}\n",
+            figures_text(d, |ms| format!("{ms} ms"))
         ));
     }
     if let Some(s) = &stats.state_size_bytes {
-        text.push_str(&format!(
-            "state size        min {}, avg {}, max {}\n",
-            bytes(s.min),
-            bytes(s.avg),
-            bytes(s.max)
-        ));
+        text.push_str(&format!("state size        {}\n", figures_text(s, bytes)));
     }
     let latest = [
         ("latest completed", &stats.latest_completed),
@@ -1022,6 +1460,7 @@ fn stats_text(job: &str, stats: &proto::GetCheckpointStatsResponse, now_ms: u64)
                 vec![
                     s.checkpoint_id.to_string(),
                     kind_name(s.kind()).to_ascii_lowercase(),
+                    trigger_text(s.trigger()),
                     status_name(s.status())
                         .to_ascii_lowercase()
                         .replace('_', " "),
@@ -1035,7 +1474,7 @@ fn stats_text(job: &str, stats: &proto::GetCheckpointStatsResponse, now_ms: u64)
         text.push_str("\nrecent snapshots, newest first:\n");
         text.push_str(&table(
             &[
-                "ID", "KIND", "STATUS", "ACKED", "DURATION", "SIZE", "DETAIL",
+                "ID", "KIND", "TRIGGER", "STATUS", "ACKED", "DURATION", "SIZE", "DETAIL",
             ],
             &rows,
         ));
@@ -1131,6 +1570,9 @@ mod tests {
         assert_eq!(request.trigger_vertices, ["source"]);
         let policy = request.policy.expect("policy");
         assert_eq!((policy.interval_ms, policy.retained), (10_000, 2));
+        let savepoints = request.savepoint_policy.expect("savepoint policy");
+        assert_eq!(savepoints.max_retained, 5);
+        assert_eq!((savepoints.interval_ms, savepoints.cron.as_str()), (0, ""));
     }
 
     #[test]
@@ -1140,12 +1582,16 @@ mod tests {
         std::fs::write(
             &path,
             r#"{"job_id": "j", "vertices": [{"id": "a", "parallelism": 1}],
-                "trigger_vertices": ["a"], "policy": {"interval_ms": 5}}"#,
+                "trigger_vertices": ["a"], "policy": {"interval_ms": 5},
+                "savepoint_policy": {"cron": "0 0 * * * *", "max_age_ms": 60000}}"#,
         )
         .expect("write");
         let request = JobFile::read(&path).expect("parses").into_request();
         assert_eq!(request.trigger_vertices, ["a"]);
         assert_eq!(request.policy.expect("policy").interval_ms, 5);
+        let savepoints = request.savepoint_policy.expect("savepoint policy");
+        assert_eq!(savepoints.cron, "0 0 * * * *");
+        assert_eq!(savepoints.max_age_ms, 60_000);
     }
 
     #[test]
@@ -1191,6 +1637,125 @@ mod tests {
     fn stream_error_codes_map_to_names() {
         assert_eq!(code_name_of("NOT_FOUND"), "NOT_FOUND");
         assert_eq!(code_name_of("bogus"), "UNKNOWN");
+    }
+
+    #[test]
+    fn failed_operations_name_reason_and_message() {
+        let operation = proto::SavepointOperation {
+            operation_id: "nightly".to_string(),
+            job_id: "j".to_string(),
+            status: proto::OperationStatus::Failed.into(),
+            checkpoint_id: 7,
+            trigger: proto::SavepointTrigger::Stop.into(),
+            drain: true,
+            path: "/sp/savepoint-j-7".to_string(),
+            duration_ms: 12,
+            failure_reason: proto::FailureReason::Declined.into(),
+            failure_message: "disk full".to_string(),
+            ..Default::default()
+        };
+        let text = operation_text(&operation, 0);
+        assert!(
+            text.starts_with("savepoint operation nightly of job j: FAILED\n"),
+            "{text}"
+        );
+        assert!(text.contains("trigger     stop (drain)\n"), "{text}");
+        assert!(text.contains("reason      DECLINED: disk full\n"), "{text}");
+        let json = operation_json(&operation);
+        assert_eq!(json["status"], "FAILED");
+        assert_eq!(json["trigger"], "STOP");
+        assert_eq!(json["failure_reason"], "DECLINED");
+        let pending = proto::SavepointOperation {
+            status: proto::OperationStatus::Pending.into(),
+            ..proto::SavepointOperation::default()
+        };
+        let json = operation_json(&pending);
+        assert_eq!(json["failure_reason"], Value::Null);
+        assert_eq!(json["trigger"], Value::Null);
+    }
+
+    #[test]
+    fn savepoint_lists_render_as_a_table() {
+        let info = proto::SavepointInfo {
+            checkpoint_id: 9,
+            path: "/sp/savepoint-j-9".to_string(),
+            trigger: proto::SavepointTrigger::Periodic.into(),
+            completion_timestamp_ms: 1_700_000_000_000,
+            state_size_bytes: 2048,
+            ..Default::default()
+        };
+        let text = savepoints_text("j", std::slice::from_ref(&info));
+        assert_eq!(
+            text,
+            "ID  TRIGGER   SIZE     COMPLETED (UTC)       PATH\n\
+             9   periodic  2.0 KiB  2023-11-14 22:13:20Z  /sp/savepoint-j-9\n"
+        );
+        assert_eq!(savepoints_text("j", &[]), "job j has no savepoints\n");
+        assert_eq!(savepoint_info_json(&info)["trigger"], "PERIODIC");
+    }
+
+    #[test]
+    fn stats_show_percentiles_failures_by_reason_and_skips() {
+        let stats = proto::GetCheckpointStatsResponse {
+            duration_ms: Some(proto::Summary {
+                min: 1,
+                avg: 2,
+                max: 9,
+                p50: 2,
+                p90: 5,
+                p99: 9,
+                count: 4,
+            }),
+            failed_by_reason: [("EXPIRED".to_string(), 1), ("DECLINED".to_string(), 2)]
+                .into_iter()
+                .collect(),
+            periodic_savepoints_skipped: 3,
+            last_skip_reason: "job is Created, not RUNNING".to_string(),
+            history: vec![proto::SnapshotStats {
+                checkpoint_id: 4,
+                kind: proto::SnapshotKind::Savepoint.into(),
+                status: proto::SnapshotStatus::Completed.into(),
+                trigger: proto::SavepointTrigger::Manual.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = stats_text("j", &stats, 0);
+        assert!(
+            text.contains(
+                "duration          min 1 ms, avg 2 ms, max 9 ms (4 snapshots); \
+                 recent p50 2 ms, p90 5 ms, p99 9 ms\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("failed by reason  DECLINED 2, EXPIRED 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("periodic skipped  3 periodic savepoints; last because job is"),
+            "{text}"
+        );
+        assert!(text.contains("4   savepoint  manual   completed"), "{text}");
+        let json = stats_json("j", &stats);
+        assert_eq!(json["duration_ms"]["p99"], 9);
+        assert_eq!(json["failed_by_reason"]["DECLINED"], 2);
+        assert_eq!(json["periodic_savepoints_skipped"], 3);
+        assert_eq!(json["history"][0]["trigger"], "MANUAL");
+    }
+
+    #[test]
+    fn status_with_a_job_status_hints_at_set_status() {
+        let hinted = with_set_status_hint(tonic::Status::not_found("no operation"), "RUNNING");
+        let Failure::Rpc { message, .. } = hinted else {
+            panic!("an RPC failure");
+        };
+        assert!(message.contains("set-status JOB RUNNING"), "{message}");
+        let plain = with_set_status_hint(tonic::Status::not_found("no operation"), "nope");
+        let Failure::Rpc { message, .. } = plain else {
+            panic!("an RPC failure");
+        };
+        assert_eq!(message, "no operation");
     }
 
     #[test]
