@@ -14,6 +14,7 @@ use crate::proto;
 use crate::proto::savepoint_service_server::SavepointServiceServer;
 use crate::proto::task_gateway_server::TaskGatewayServer;
 use crate::service::convert::DEFAULT_MAX_INLINE_STATE_BYTES;
+use crate::service::message_limit::MessageLimitStatusLayer;
 use crate::service::{SavepointRpc, StreamRegistry, TaskGatewayLimits, TaskGatewayRpc};
 use crate::store::{StoreError, Stores};
 use std::future::Future;
@@ -252,6 +253,7 @@ pub async fn run_with_stores(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)
+        .layer(MessageLimitStatusLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(savepoints)

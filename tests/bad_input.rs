@@ -398,3 +398,46 @@ async fn requests_beyond_the_per_connection_limit_are_shed_with_resource_exhaust
     drop(cluster);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_acknowledgements_are_refused_with_resource_exhausted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path(), |config| {
+        config.max_inline_state_bytes = 64 * 1024;
+        config.max_message_bytes = 256 * 1024;
+    })
+    .await;
+    let mut client = server.savepoints().await;
+    register(&mut client, &job("big", &[("src", 1)], policy(0, 0))).await;
+    let mut gateway = server.gateway().await;
+    let ack = |bytes: usize| proto::AcknowledgeRequest {
+        job_id: "big".into(),
+        checkpoint_id: 1,
+        attempt_id: 1,
+        handles: vec![proto::StateHandle {
+            name: "s".into(),
+            data: Some(proto::state_handle::Data::Inline(vec![7u8; bytes].into())),
+            key_groups: None,
+        }],
+        ..Default::default()
+    };
+    let over_inline = within("Acknowledge", gateway.acknowledge(ack(100 * 1024)))
+        .await
+        .expect_err("above the inline state limit");
+    assert_eq!(
+        over_inline.code(),
+        Code::ResourceExhausted,
+        "{over_inline:?}"
+    );
+    assert!(over_inline.message().contains("limit of 65536 bytes"));
+
+    let over_message = within("Acknowledge", gateway.acknowledge(ack(1024 * 1024)))
+        .await
+        .expect_err("above the message size limit");
+    assert_eq!(
+        over_message.code(),
+        Code::ResourceExhausted,
+        "{over_message:?}"
+    );
+    server.stop().await;
+}

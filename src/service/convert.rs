@@ -125,7 +125,8 @@ pub fn state_handles(
         })
         .sum();
     if inline_bytes > max_inline_state_bytes {
-        return Err(invalid(format!(
+        // A size limit, like gRPC's own message limit: RESOURCE_EXHAUSTED.
+        return Err(Status::resource_exhausted(format!(
             "{field} carry {inline_bytes} bytes of inline state, more than the limit of \
              {max_inline_state_bytes} bytes per acknowledgement; write large state yourself \
              and send a reference (uri and size) instead"
@@ -838,7 +839,9 @@ mod tests {
     fn inline_limit_applies_to_the_sum_of_one_ack() {
         let ok = acknowledgement(ack(vec![inline(60), inline(40)]), 100);
         assert!(ok.is_ok());
-        let message = invalid_message(acknowledgement(ack(vec![inline(60), inline(41)]), 100));
+        let refused = acknowledgement(ack(vec![inline(60), inline(41)]), 100).unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        let message = refused.message();
         assert!(message.contains("101 bytes"), "{message}");
         assert!(message.contains("limit of 100 bytes"), "{message}");
     }

@@ -8,6 +8,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod message_limit;
 pub mod savepoint_service;
 pub mod stream_gateway;
 pub mod task_gateway;
