@@ -50,12 +50,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a free loopback port with its store in `data_dir`.
     pub async fn start(data_dir: &Path) -> TestServer {
+        TestServer::start_with(data_dir, ServerConfig::default()).await
+    }
+
+    /// Like [`start`](Self::start), with `config` for everything but the data directory
+    /// and the shutdown grace period (TLS, authentication, limits).
+    pub async fn start_with(data_dir: &Path, config: ServerConfig) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("bound address");
         let config = ServerConfig {
             data_dir: data_dir.to_path_buf(),
             shutdown_grace: SHUTDOWN_GRACE,
-            ..ServerConfig::default()
+            ..config
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(server::run(config, listener, async {
