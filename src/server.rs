@@ -7,25 +7,34 @@
 //! shut the coordinator down (every pending snapshot fails, so waiting calls return
 //! UNAVAILABLE), stop the stream readers and close every task manager stream, and only
 //! then let tonic drain the connections, bounded by `shutdown_grace`.
+//!
+//! Security is configured here too: TLS (rustls) from PEM files, mutual TLS when a client
+//! CA is given, and an [`auth::Guard`] in front of SavepointService (role client) and
+//! TaskGateway (role task-manager) when tokens or certificate roles are configured.
+//! Health checking and reflection stay open for probes.
 
 use crate::coordinator::clock::TokioClock;
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoreError};
 use crate::proto;
 use crate::proto::savepoint_service_server::SavepointServiceServer;
 use crate::proto::task_gateway_server::TaskGatewayServer;
+use crate::service::auth::{self, Authenticator, Role};
 use crate::service::convert::DEFAULT_MAX_INLINE_STATE_BYTES;
 use crate::service::message_limit::MessageLimitStatusLayer;
 use crate::service::{SavepointRpc, StreamRegistry, TaskGatewayLimits, TaskGatewayRpc};
 use crate::store::{StoreError, Stores};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -33,6 +42,96 @@ use tonic_health::server::HealthReporter;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS for both services, from PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificate(s) that client certificates must chain to. When set, every client
+    /// must present a certificate and it is verified (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Who may call which service (see [`auth`]). Nothing set means no authentication: any
+/// caller may call everything, which is for loopback and development only.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    /// File of bearer tokens, lines `<role> <token> [<name>]`.
+    pub tokens: Option<PathBuf>,
+    /// File mapping client certificate names (subject CN or DNS SAN) to roles, lines
+    /// `<role> <name>`; needs `tls.client_ca`.
+    pub cert_roles: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// Reads the configured files; None when authentication is off.
+    pub fn load(&self) -> Result<Option<Authenticator>, ServerError> {
+        let invalid = |setting| {
+            move |error: auth::AuthFileError| ServerError::InvalidConfig {
+                setting,
+                detail: error.to_string(),
+            }
+        };
+        if self.tokens.is_none() && self.cert_roles.is_none() {
+            return Ok(None);
+        }
+        let mut authenticator = Authenticator::default();
+        if let Some(path) = &self.tokens {
+            authenticator = authenticator
+                .read_tokens(path)
+                .map_err(invalid("auth.tokens"))?;
+        }
+        if let Some(path) = &self.cert_roles {
+            authenticator = authenticator
+                .read_cert_roles(path)
+                .map_err(invalid("auth.cert_roles"))?;
+        }
+        Ok(Some(authenticator))
+    }
+}
+
+impl TlsConfig {
+    /// Reads and checks the PEM files; errors name the setting.
+    pub fn load(&self) -> Result<ServerTlsConfig, ServerError> {
+        let cert = read_pem("tls.cert", &self.cert)?;
+        if CertificateDer::pem_slice_iter(&cert).next().is_none() {
+            return Err(pem_error("tls.cert", &self.cert, "no CERTIFICATE block"));
+        }
+        let key = read_pem("tls.key", &self.key)?;
+        PrivateKeyDer::from_pem_slice(&key)
+            .map_err(|e| pem_error("tls.key", &self.key, &format!("no private key ({e})")))?;
+        let mut tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        if let Some(path) = &self.client_ca {
+            let ca = read_pem("tls.client_ca", path)?;
+            if CertificateDer::pem_slice_iter(&ca).next().is_none() {
+                return Err(pem_error("tls.client_ca", path, "no CERTIFICATE block"));
+            }
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        Ok(tls)
+    }
+}
+
+fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|e| ServerError::InvalidConfig {
+        setting,
+        detail: format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+fn pem_error(setting: &'static str, path: &Path, problem: &str) -> ServerError {
+    ServerError::InvalidConfig {
+        setting,
+        detail: format!("{} holds {problem}", path.display()),
+    }
+}
 
 /// Everything the server needs to start; validated by [`run`].
 #[derive(Clone, Debug)]
@@ -59,6 +158,10 @@ pub struct ServerConfig {
     /// Requests one connection may have in flight (a task manager's stream counts as
     /// one); beyond it requests are shed with RESOURCE_EXHAUSTED instead of queued.
     pub max_requests_per_connection: usize,
+    /// TLS for both services; None serves plaintext.
+    pub tls: Option<TlsConfig>,
+    /// Caller authentication and roles.
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +176,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             extra_savepoint_roots: Vec::new(),
             max_requests_per_connection: 256,
+            tls: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -97,6 +202,22 @@ impl ServerConfig {
         }
         if self.max_requests_per_connection == 0 {
             return invalid("max_requests_per_connection", "must be at least 1".into());
+        }
+        if let Some(tls) = &self.tls {
+            for (setting, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    return invalid(setting, "must not be empty".into());
+                }
+            }
+        }
+        let client_ca = self.tls.as_ref().and_then(|tls| tls.client_ca.as_ref());
+        if self.auth.cert_roles.is_some() && client_ca.is_none() {
+            return invalid(
+                "auth.cert_roles",
+                "needs tls.client_ca: roles come from client certificates, which are only \
+                 requested and verified with mutual TLS"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -197,6 +318,9 @@ pub async fn run_with_stores(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let default_savepoint_dir = config.savepoint_dir()?;
+    let tls = config.tls.as_ref().map(TlsConfig::load).transpose()?;
+    let authenticator = config.auth.load()?.map(Arc::new);
+    warn_about_security(&config, &listener, authenticator.as_deref());
     let registry = Arc::new(StreamRegistry::new());
     let coordinator = Coordinator::new(
         stores,
@@ -227,6 +351,10 @@ pub async fn run_with_stores(
     let savepoints = SavepointServiceServer::new(SavepointRpc::new(coordinator.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    let savepoints = InterceptedService::new(
+        savepoints,
+        auth::Guard::new(authenticator.clone(), Role::Client),
+    );
     let task_gateway = TaskGatewayServer::new(TaskGatewayRpc::new(
         coordinator.clone(),
         registry.clone(),
@@ -235,6 +363,10 @@ pub async fn run_with_stores(
     ))
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
+    let task_gateway = InterceptedService::new(
+        task_gateway,
+        auth::Guard::new(authenticator, Role::TaskManager),
+    );
 
     let address = listener
         .local_addr()
@@ -247,7 +379,16 @@ pub async fn run_with_stores(
         })
     });
     let (stop_serving, serving_stopped) = oneshot::channel::<()>();
-    let serving = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServerError::InvalidConfig {
+                setting: "tls",
+                detail: format!("the certificate, key or client CA is unusable: {e:?}"),
+            })?;
+    }
+    let serving = builder
         .concurrency_limit_per_connection(config.max_requests_per_connection)
         .load_shed(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -298,6 +439,38 @@ pub async fn run_with_stores(
         );
     }
     Ok(())
+}
+
+/// Says, once at start, what an insecure configuration exposes.
+fn warn_about_security(
+    config: &ServerConfig,
+    listener: &TcpListener,
+    authenticator: Option<&Authenticator>,
+) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    match authenticator {
+        None if loopback => tracing::info!(
+            "no authentication configured: every local caller may call every RPC \
+             (fine for development on loopback)"
+        ),
+        None => tracing::warn!(
+            "no authentication configured: anyone who reaches this address may call every \
+             RPC; configure auth tokens or certificate roles unless the network is trusted"
+        ),
+        Some(authenticator) if authenticator.has_tokens() && config.tls.is_none() => {
+            tracing::warn!(
+                "bearer tokens are accepted without TLS: they cross the network in plaintext"
+            )
+        }
+        Some(_) => {}
+    }
+    if let Some(tls) = &config.tls {
+        tracing::info!(
+            mutual = tls.client_ca.is_some(),
+            cert = %tls.cert.display(),
+            "serving TLS"
+        );
+    }
 }
 
 /// The names health checking reports on: the whole server ("") and both services.

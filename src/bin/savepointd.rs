@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use savepoint_coordinator::server::{self, ServerConfig};
+use savepoint_coordinator::server::{self, AuthConfig, ServerConfig, TlsConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
@@ -74,6 +74,32 @@ struct Args {
         default_value_t = 4 * 1024 * 1024
     )]
     max_inline_state_bytes: usize,
+
+    /// Serve TLS with this certificate chain (PEM, leaf first). Needs --tls-key.
+    #[arg(long, env = "SAVEPOINTD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the --tls-cert certificate.
+    #[arg(long, env = "SAVEPOINTD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS. Needs --tls-cert.
+    #[arg(long, env = "SAVEPOINTD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Bearer tokens, one `<role> <token> [<name>]` per line, role client or
+    /// task-manager; a task-manager token's name is the task_manager_id it may use.
+    /// Turns on authentication: SavepointService needs role client, TaskGateway role
+    /// task-manager.
+    #[arg(long, env = "SAVEPOINTD_AUTH_TOKENS")]
+    auth_tokens: Option<PathBuf>,
+
+    /// Roles of client certificates, one `<role> <name>` per line, matched against the
+    /// certificate's subject CN and DNS SANs. Turns on authentication; needs
+    /// --tls-client-ca. Without --auth-tokens and --cert-roles every caller may call
+    /// every RPC: for loopback and development only.
+    #[arg(long, env = "SAVEPOINTD_CERT_ROLES", requires = "tls_client_ca")]
+    cert_roles: Option<PathBuf>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -108,9 +134,26 @@ async fn main() -> anyhow::Result<()> {
         max_inline_state_bytes: args.max_inline_state_bytes,
         extra_savepoint_roots: args.savepoint_roots,
         max_requests_per_connection: args.max_requests_per_connection,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsConfig {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+        auth: AuthConfig {
+            tokens: args.auth_tokens,
+            cert_roles: args.cert_roles,
+        },
         ..ServerConfig::default()
     };
     config.validate().context("invalid configuration")?;
+    // Read here too (run reads them again) so a bad file is reported before binding.
+    if let Some(tls) = &config.tls {
+        tls.load().context("invalid configuration")?;
+    }
+    config.auth.load().context("invalid configuration")?;
     // Installed before serving so that an early signal is not lost.
     let interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

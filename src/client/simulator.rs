@@ -9,7 +9,7 @@
 //! and every task manager then acknowledges that checkpoint once for each of its tasks
 //! the snapshot waits for.
 
-use super::{ClientError, Downward, TaskManagerSession};
+use super::{AuthChannel, ClientError, Downward, TaskManagerSession};
 use crate::proto;
 use crate::proto::task_manager_message::Message as ToCoordinator;
 use bytes::Bytes;
@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 /// Attempt ids are `vertex_index * ATTEMPT_ID_STRIDE + subtask_index + 1`, so an id can be
 /// read back as (vertex, subtask) in logs and never is 0 (the wire's "no attempt").
@@ -311,7 +310,11 @@ impl Simulator {
 
     /// Connects every task manager with its tasks RUNNING. Once this returns the
     /// coordinator knows every task, so snapshots can be triggered.
-    pub async fn connect(self, channel: Channel) -> Result<Simulation, SimulatorError> {
+    pub async fn connect(
+        self,
+        channel: impl Into<AuthChannel>,
+    ) -> Result<Simulation, SimulatorError> {
+        let channel = channel.into();
         let mut sessions = Vec::with_capacity(self.plans.len());
         for plan in &self.plans {
             sessions.push(connect_task_manager(&channel, &self.config.job_id, plan).await?);
@@ -403,7 +406,7 @@ impl Simulation {
 /// Validates `config`, connects the task managers and runs until `shutdown` resolves or
 /// a stream ends (see [`Simulator::connect`] and [`Simulation::run`]).
 pub async fn simulate(
-    channel: Channel,
+    channel: impl Into<AuthChannel>,
     config: SimulatorConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<SimulationSummary, SimulatorError> {
@@ -412,7 +415,7 @@ pub async fn simulate(
 }
 
 async fn connect_task_manager(
-    channel: &Channel,
+    channel: &AuthChannel,
     job_id: &str,
     plan: &TaskManagerPlan,
 ) -> Result<TaskManagerSession, SimulatorError> {

@@ -1,6 +1,6 @@
 //! One task manager's bidirectional stream to the coordinator.
 
-use super::ClientError;
+use super::{AuthChannel, ClientError};
 use crate::proto;
 use crate::proto::coordinator_message::Message as FromCoordinator;
 use crate::proto::task_gateway_client::TaskGatewayClient;
@@ -8,7 +8,6 @@ use crate::proto::task_manager_message::Message as ToCoordinator;
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 /// Upward messages queued before the stream applies backpressure to the sender.
 const OUTBOUND_BUFFER: usize = 256;
@@ -34,9 +33,11 @@ pub struct TaskManagerSession {
 
 impl TaskManagerSession {
     /// Opens the stream, says Hello with `tasks` and waits for the Welcome and the
-    /// reasons for any refused task.
+    /// reasons for any refused task. `channel` is a [`Channel`](tonic::transport::Channel)
+    /// or, for TLS and a bearer token, an [`AuthChannel`] from
+    /// [`connect_with`](super::connect_with).
     pub async fn connect(
-        channel: Channel,
+        channel: impl Into<AuthChannel>,
         task_manager_id: &str,
         tasks: Vec<proto::TaskInfo>,
     ) -> Result<TaskManagerSession, ClientError> {
@@ -52,7 +53,7 @@ impl TaskManagerSession {
             .send(hello)
             .await
             .map_err(|_| ClientError::Closed)?;
-        let mut inbound = TaskGatewayClient::new(channel)
+        let mut inbound = TaskGatewayClient::new(channel.into())
             .connect(ReceiverStream::new(receiver))
             .await?
             .into_inner();

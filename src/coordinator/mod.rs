@@ -962,6 +962,18 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The task manager hosting `attempt_id` as a current attempt of the job, if any;
+    /// lets the service layer refuse a task manager acting for another one's tasks.
+    pub fn task_manager_of(
+        &self,
+        job_id: &str,
+        attempt_id: AttemptId,
+    ) -> Result<Option<TaskManagerId>, CoreError> {
+        let job = self.job(job_id)?;
+        let host = job.lock().tasks.task_manager_of(attempt_id).cloned();
+        Ok(host)
+    }
+
     /// Applies a state change of a current attempt.
     pub fn update_task_state(
         &self,

@@ -142,6 +142,18 @@ impl TaskTable {
                 self.subtask_ref(other)
             ));
         }
+        // An attempt runs on one task manager; another may take it over only once the
+        // first has disconnected (which clears `task_manager`).
+        let current = &self.slots[task_index as usize];
+        if current.attempt == Some(attempt)
+            && let Some(host) = current.task_manager.as_ref().filter(|host| **host != tm)
+        {
+            return Err(format!(
+                "attempt_id {attempt} of subtask {} is hosted by another task manager \
+                 ({host}) that is still connected",
+                self.subtask_ref(task_index)
+            ));
+        }
         let slot = &mut self.slots[task_index as usize];
         let replaced = slot.attempt.filter(|old| *old != attempt);
         if let Some(old) = replaced {

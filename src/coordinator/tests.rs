@@ -1819,6 +1819,42 @@ async fn a_failed_task_aborts_the_snapshots_waiting_for_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_attempt_stays_with_its_task_manager_while_that_one_is_connected() {
+    let h = Harness::started(policy()).await;
+    let of = |attempt| h.coordinator.task_manager_of(JOB, attempt).expect("job");
+    assert_eq!(of(SRC1), Some(tm("tm-b")));
+    assert_eq!(of(AttemptId(4242)), None);
+    assert!(matches!(
+        h.coordinator.task_manager_of("no-such-job", SRC1),
+        Err(CoreError::JobNotFound(_))
+    ));
+
+    // tm-a cannot take over tm-b's attempt ...
+    let src1 = TaskRegistration {
+        job_id: JOB.to_string(),
+        vertex_id: "src".to_string(),
+        subtask_index: 1,
+        attempt_id: SRC1,
+        state: TaskState::Running,
+    };
+    let refused = h.coordinator.register_task(&tm("tm-a"), &src1);
+    assert!(
+        matches!(&refused, Err(CoreError::InvalidArgument(m)) if m.contains("tm-b")),
+        "{refused:?}"
+    );
+    assert_eq!(of(SRC1), Some(tm("tm-b")));
+
+    // ... until tm-b is gone.
+    h.coordinator
+        .disconnect_task_manager(&tm("tm-b"), h.generation("tm-b"));
+    assert_eq!(of(SRC1), None);
+    h.coordinator
+        .register_task(&tm("tm-a"), &src1)
+        .expect("taken over after the disconnect");
+    assert_eq!(of(SRC1), Some(tm("tm-a")));
+}
+
+#[tokio::test(start_paused = true)]
 async fn disconnecting_a_task_manager_aborts_the_snapshots_waiting_for_its_tasks() {
     let h = Harness::started(policy()).await;
     let checkpoint = h.checkpoint().await;

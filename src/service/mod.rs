@@ -4,8 +4,9 @@
 //! code is picked in [`error`], and the handlers in [`savepoint_service`] and
 //! [`task_gateway`] do nothing but decode, call one core method and encode.
 //! [`stream_gateway`] is the other direction: the core's task gateway over the task
-//! managers' streams.
+//! managers' streams. [`auth`] decides who may call which service.
 
+pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod message_limit;

@@ -11,12 +11,19 @@
 //! is answered with a StreamError.
 //! When the stream ends, fails, or the server shuts down, the session is closed in the core
 //! (its attempts count as lost) and detached from the registry.
+//!
+//! With authentication on, the [`auth::Guard`] in front of this service has put the
+//! caller's identity on the request: a task manager must say Hello with its identity's
+//! name as `task_manager_id`, and every acknowledgement, decline and task state change,
+//! on the stream or unary, must concern an attempt that this task manager registered
+//! (PERMISSION_DENIED otherwise).
 
+use super::auth;
 use super::convert;
 use super::error::code_name;
 use super::stream_gateway::StreamRegistry;
 use crate::coordinator::Coordinator;
-use crate::coordinator::model::TaskManagerId;
+use crate::coordinator::model::{AttemptId, TaskManagerId};
 use crate::proto;
 use crate::proto::task_gateway_server::TaskGateway;
 use crate::proto::task_manager_message::Message as Upward;
@@ -108,6 +115,27 @@ impl TaskGatewayRpc {
     }
 }
 
+/// The task manager the caller of `request` acts as, when authentication is on.
+fn authenticated_task_manager<T>(request: &Request<T>) -> Option<TaskManagerId> {
+    auth::caller(request).map(|identity| TaskManagerId::new(&identity.name))
+}
+
+/// Refuses acting for an attempt of the job that `tm` does not host.
+fn ensure_hosted_by(
+    coordinator: &Coordinator,
+    tm: &TaskManagerId,
+    job_id: &str,
+    attempt_id: AttemptId,
+) -> Result<(), Status> {
+    match coordinator.task_manager_of(job_id, attempt_id)? {
+        Some(host) if host == *tm => Ok(()),
+        _ => Err(Status::permission_denied(format!(
+            "task manager {tm} does not host attempt {attempt_id} of job {job_id}; a task \
+             manager may only act for the tasks it registered"
+        ))),
+    }
+}
+
 /// One connected task manager: what a stream needs to handle its messages.
 struct StreamSession {
     coordinator: Coordinator,
@@ -115,9 +143,18 @@ struct StreamSession {
     tm: TaskManagerId,
     generation: u64,
     max_inline_state_bytes: usize,
+    /// Authentication is on: messages may only concern this task manager's attempts.
+    check_hosts: bool,
 }
 
 impl StreamSession {
+    fn ensure_hosted(&self, job_id: &str, attempt_id: AttemptId) -> Result<(), Status> {
+        if self.check_hosts {
+            ensure_hosted_by(&self.coordinator, &self.tm, job_id, attempt_id)?;
+        }
+        Ok(())
+    }
+
     /// Sends a problem with one upward message down the stream.
     fn report(&self, status: &Status, job_id: &str, checkpoint_id: u64) {
         tracing::debug!(task_manager = %self.tm, job_id, checkpoint_id, code = code_name(status.code()), "stream message refused: {}", status.message());
@@ -168,6 +205,7 @@ impl StreamSession {
             Some(Upward::TaskState(update)) => {
                 let job_id = update.job_id.clone();
                 let updated = convert::task_state_change(update).and_then(|change| {
+                    self.ensure_hosted(change.job_id.as_str(), change.attempt_id)?;
                     Ok(self.coordinator.update_task_state(
                         change.job_id.as_str(),
                         change.attempt_id,
@@ -181,7 +219,10 @@ impl StreamSession {
             Some(Upward::Acknowledge(ack)) => {
                 let (job_id, checkpoint_id) = (ack.job_id.clone(), ack.checkpoint_id);
                 let acknowledged = convert::acknowledgement(ack, self.max_inline_state_bytes)
-                    .and_then(|(job, ack)| Ok(self.coordinator.acknowledge(job.as_str(), ack)?));
+                    .and_then(|(job, ack)| {
+                        self.ensure_hosted(job.as_str(), ack.attempt_id)?;
+                        Ok(self.coordinator.acknowledge(job.as_str(), ack)?)
+                    });
                 match acknowledged {
                     Ok(outcome) => {
                         tracing::trace!(task_manager = %self.tm, job_id, checkpoint_id, ?outcome, "acknowledgement taken");
@@ -192,6 +233,7 @@ impl StreamSession {
             Some(Upward::Decline(decline)) => {
                 let (job_id, checkpoint_id) = (decline.job_id.clone(), decline.checkpoint_id);
                 let declined = convert::decline(decline).and_then(|d| {
+                    self.ensure_hosted(d.job_id.as_str(), d.attempt_id)?;
                     Ok(self.coordinator.decline(
                         d.job_id.as_str(),
                         d.checkpoint_id,
@@ -246,8 +288,12 @@ impl TaskGateway for TaskGatewayRpc {
         &self,
         request: Request<proto::AcknowledgeRequest>,
     ) -> Result<Response<proto::AcknowledgeResponse>, Status> {
+        let acting = authenticated_task_manager(&request);
         let (job_id, ack) =
             convert::acknowledgement(request.into_inner(), self.limits.max_inline_state_bytes)?;
+        if let Some(tm) = acting {
+            ensure_hosted_by(&self.coordinator, &tm, job_id.as_str(), ack.attempt_id)?;
+        }
         let outcome = self.coordinator.acknowledge(job_id.as_str(), ack)?;
         Ok(Response::new(proto::AcknowledgeResponse {
             outcome: convert::ack_outcome_to_proto(outcome).into(),
@@ -258,7 +304,16 @@ impl TaskGateway for TaskGatewayRpc {
         &self,
         request: Request<proto::DeclineRequest>,
     ) -> Result<Response<proto::DeclineResponse>, Status> {
+        let acting = authenticated_task_manager(&request);
         let decline = convert::decline(request.into_inner())?;
+        if let Some(tm) = acting {
+            ensure_hosted_by(
+                &self.coordinator,
+                &tm,
+                decline.job_id.as_str(),
+                decline.attempt_id,
+            )?;
+        }
         let aborted = self.coordinator.decline(
             decline.job_id.as_str(),
             decline.checkpoint_id,
@@ -276,9 +331,18 @@ impl TaskGateway for TaskGatewayRpc {
         &self,
         request: Request<Streaming<proto::TaskManagerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let authenticated = authenticated_task_manager(&request);
         let mut inbound = request.into_inner();
         let hello = self.read_hello(&mut inbound).await?;
         let tm = convert::task_manager_id(&hello.task_manager_id)?;
+        if let Some(identity) = &authenticated
+            && *identity != tm
+        {
+            return Err(Status::permission_denied(format!(
+                "task manager {identity} may only connect as task_manager_id {identity}, \
+                 not {tm}"
+            )));
+        }
         let generation = self.coordinator.connect_task_manager(&tm);
         let (sender, receiver) = mpsc::channel(self.limits.stream_buffer.max(1));
         if !self.registry.attach(tm.clone(), generation, sender) {
@@ -291,6 +355,7 @@ impl TaskGateway for TaskGatewayRpc {
             tm: tm.clone(),
             generation,
             max_inline_state_bytes: self.limits.max_inline_state_bytes,
+            check_hosts: authenticated.is_some(),
         };
         let offered = hello.tasks.len();
         let accepted_tasks = session.register_tasks(hello.tasks);
