@@ -656,10 +656,10 @@ impl Coordinator {
             );
             messages
         };
-        tracing::debug!(job_id = %job.id, checkpoint_id = %id, %kind, periodic, "snapshot triggered");
-        for (tm, message) in messages {
-            self.inner.gateway.send(&tm, message);
-        }
+        // The Pending record is durable before any task is triggered: otherwise the
+        // savepoint could complete while its request id is not yet recorded, and after a
+        // crash a repeat of the request would take a second savepoint.
+        let mut recorded = true;
         if let Some(operation) = operation {
             job.operations_changed.send_modify(|n| *n += 1);
             if let Err(error) = self.inner.stores.operations.save(&operation).await {
@@ -675,6 +675,13 @@ impl Coordinator {
                 job.lock()
                     .abort(id, failure, self.inner.clock.now_ms(), &mut effects);
                 self.carry_out(job, effects);
+                recorded = false;
+            }
+        }
+        if recorded {
+            tracing::debug!(job_id = %job.id, checkpoint_id = %id, %kind, periodic, "snapshot triggered");
+            for (tm, message) in messages {
+                self.inner.gateway.send(&tm, message);
             }
         }
         Ok(SnapshotHandle {

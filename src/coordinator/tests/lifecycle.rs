@@ -2,8 +2,9 @@
 //! claim modes, retention, periodic savepoints and disposal.
 
 use super::*;
-use crate::coordinator::model::{ClaimMode, OperationOutcome, SavepointPolicy};
+use crate::coordinator::model::{ClaimMode, OperationOutcome, SavepointOperation, SavepointPolicy};
 use crate::coordinator::{SavepointRequest, SavepointStarted};
+use crate::store::OperationStore;
 
 fn with_request_id(id: &str) -> SavepointRequest {
     SavepointRequest {
@@ -536,4 +537,113 @@ async fn savepoint_targets_and_restore_paths_must_lie_under_a_root() {
         ..standard_spec("job-3", policy())
     })
     .await;
+}
+
+/// Operation records whose writes wait for a permit (a slow fsync), or fail.
+struct GatedOperations {
+    memory: Arc<MemoryStore>,
+    permits: tokio::sync::Semaphore,
+    fail: bool,
+}
+
+#[async_trait::async_trait]
+impl OperationStore for GatedOperations {
+    async fn save(&self, operation: &SavepointOperation) -> StoreResult<()> {
+        let _permit = self.permits.acquire().await.expect("gate open");
+        if self.fail {
+            return Err(StoreError::Unavailable(
+                "injected write failure".to_string(),
+            ));
+        }
+        OperationStore::save(&*self.memory, operation).await
+    }
+
+    async fn load_all(&self, job: &JobId) -> StoreResult<Vec<SavepointOperation>> {
+        OperationStore::load_all(&*self.memory, job).await
+    }
+
+    async fn remove(&self, job: &JobId, operation_id: &str) -> StoreResult<()> {
+        OperationStore::remove(&*self.memory, job, operation_id).await
+    }
+}
+
+/// The standard job, running, on a memory store whose operation records go through `gated`.
+async fn started_with_operations(gated: Arc<GatedOperations>) -> Harness {
+    let memory = gated.memory.clone();
+    let stores = Stores {
+        operations: gated,
+        ..Stores::all_in(memory.clone())
+    };
+    let mut h = Harness::on(stores, Some(memory));
+    h.register(standard_spec(JOB, policy())).await;
+    h.connect();
+    h.register_all(TaskState::Running);
+    h.set_status(JobStatus::Running).await;
+    h
+}
+
+/// Found by the crash test: with the triggers out before the Pending record was durable,
+/// a savepoint could complete and be indexed while its request id was not yet recorded;
+/// a kill then made the repeated request take a second savepoint.
+#[tokio::test(start_paused = true)]
+async fn no_trigger_is_sent_before_the_pending_operation_is_durable() {
+    let gated = Arc::new(GatedOperations {
+        memory: Arc::new(MemoryStore::default()),
+        permits: tokio::sync::Semaphore::new(0),
+        fail: false,
+    });
+    let h = started_with_operations(gated.clone()).await;
+    let coordinator = h.coordinator.clone();
+    let requesting = tokio::spawn(async move {
+        coordinator
+            .savepoint(JOB, with_request_id("deploy-7"))
+            .await
+    });
+    settle().await;
+    assert_eq!(
+        h.sent(),
+        vec![],
+        "no trigger while the Pending record is being written"
+    );
+
+    gated.permits.add_permits(1);
+    let started = requesting
+        .await
+        .expect("request task")
+        .expect("savepoint accepted");
+    assert_eq!(started.operation.outcome, OperationOutcome::Pending);
+    assert_eq!(
+        h.sent(),
+        triggered(1),
+        "triggered once the record is durable"
+    );
+    let stored = OperationStore::load_all(&*gated.memory, &job_id(JOB))
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![started.operation]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_savepoint_whose_operation_cannot_be_recorded_fails_without_triggering_the_tasks() {
+    let gated = Arc::new(GatedOperations {
+        memory: Arc::new(MemoryStore::default()),
+        permits: tokio::sync::Semaphore::new(1_000),
+        fail: true,
+    });
+    let h = started_with_operations(gated).await;
+    let started = request(&h, with_request_id("deploy-8")).await;
+    let message = expect_failure(
+        started.handle.expect("a new savepoint").wait().await,
+        FailureReason::StoreIo,
+    );
+    assert!(
+        message.contains("recording savepoint operation deploy-8 failed"),
+        "{message}"
+    );
+    assert!(
+        h.sent()
+            .iter()
+            .all(|sent| !matches!(sent, Sent::Trigger(..))),
+        "no task was asked to snapshot"
+    );
 }
