@@ -260,7 +260,9 @@ impl Coordinator {
 
     /// Loads the job's operation records after a restart. An operation that was pending
     /// when the server stopped completed if its savepoint is in the index, and failed
-    /// otherwise (its snapshot died with the server).
+    /// otherwise (its snapshot died with the server); whatever that failed savepoint
+    /// left in its directory (state files, even complete metadata written just before
+    /// the crash) is deleted, since nobody was told of it and nothing lists it.
     pub(super) async fn recover_operations(&self, job: &Arc<Job>) {
         let stores = &self.inner.stores;
         let operations = match stores.operations.load_all(&job.id).await {
@@ -270,16 +272,25 @@ impl Coordinator {
                 return;
             }
         };
-        let savepoints = stores.savepoints.list(&job.id).await.unwrap_or_default();
+        let savepoints = match stores.savepoints.list(&job.id).await {
+            Ok(savepoints) => Some(savepoints),
+            Err(error) => {
+                tracing::error!(job_id = %job.id, "savepoint index unreadable, pending operations stay unresolved: {error}");
+                None
+            }
+        };
         let now_ms = self.inner.clock.now_ms();
         let mut effects = Effects::default();
+        let mut abandoned = Vec::new();
         {
             let mut state = job.lock();
             let mut operations = operations;
             operations.sort_by_key(|o| o.trigger_timestamp_ms);
             for mut operation in operations {
                 let mut changed = false;
-                if operation.is_pending() {
+                if operation.is_pending()
+                    && let Some(savepoints) = &savepoints
+                {
                     changed = true;
                     operation.outcome = match savepoints
                         .iter()
@@ -289,13 +300,16 @@ impl Coordinator {
                             completion_timestamp_ms: savepoint.completion_timestamp_ms,
                             state_size_bytes: savepoint.state_size_bytes,
                         },
-                        None => OperationOutcome::Failed {
-                            completion_timestamp_ms: now_ms,
-                            failure: SnapshotFailure::new(
-                                FailureReason::CoordinatorShutDown,
-                                "the server stopped before the savepoint completed",
-                            ),
-                        },
+                        None => {
+                            abandoned.push(operation.path.clone());
+                            OperationOutcome::Failed {
+                                completion_timestamp_ms: now_ms,
+                                failure: SnapshotFailure::new(
+                                    FailureReason::CoordinatorShutDown,
+                                    "the server stopped before the savepoint completed",
+                                ),
+                            }
+                        }
                     };
                 }
                 state.record_operation(operation, &mut effects);
@@ -305,6 +319,17 @@ impl Coordinator {
             }
         }
         self.carry_out(job, effects);
+        for path in abandoned {
+            match stores.savepoints.dispose(&path).await {
+                Ok(true) => {
+                    tracing::info!(job_id = %job.id, path, "removed what a savepoint cut short by a restart left behind")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(job_id = %job.id, path, "removing an abandoned savepoint directory failed: {error}")
+                }
+            }
+        }
     }
 
     /// Writes changed operation records and deletes forgotten ones, after any Pending

@@ -62,6 +62,13 @@ impl FsStore {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(|e| StoreError::io("creating", path.display(), e))?;
         }
+        let removed = remove_temp_files(&root.join("jobs"));
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed temporary files of writes a crash cut short"
+            );
+        }
         Ok(FsStore {
             inner: Arc::new(Inner {
                 root,
@@ -183,6 +190,33 @@ impl Inner {
 struct IndexEntry {
     record: SavepointRecord,
     retired: bool,
+}
+
+/// Deletes the temp files (`.<name>.tmp-<pid>-<n>`) that writes interrupted by a crash
+/// left in the record directories below `dir`; nothing reads them, they only take space.
+/// Returns how many were removed; errors are skipped (the files are harmless).
+fn remove_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => removed += remove_temp_files(&path),
+            Ok(_)
+                if name.starts_with('.')
+                    && name.contains(".tmp-")
+                    && fs::remove_file(&path).is_ok() =>
+            {
+                removed += 1;
+            }
+            _ => {}
+        }
+    }
+    removed
 }
 
 /// Fsyncs the directory holding `path`, so a rename or link in it is durable.
@@ -731,6 +765,19 @@ mod tests {
         assert_eq!(store.reserve(&job(), 1).await.unwrap(), CheckpointId(101));
         store.advance_past(&job(), CheckpointId(5)).await.unwrap();
         assert_eq!(store.reserve(&job(), 1).await.unwrap(), CheckpointId(102));
+    }
+
+    #[tokio::test]
+    async fn opening_removes_the_temp_files_of_interrupted_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().to_path_buf()).unwrap();
+        store.reserve(&job(), 1).await.unwrap();
+        let leftover = store.inner.job_dir(&job()).join(".ids.rec.tmp-1-0");
+        fs::write(&leftover, b"half").unwrap();
+        drop(store);
+        let store = FsStore::open(dir.path().to_path_buf()).unwrap();
+        assert!(!leftover.exists());
+        assert_eq!(store.reserve(&job(), 1).await.unwrap(), CheckpointId(2));
     }
 
     #[tokio::test]

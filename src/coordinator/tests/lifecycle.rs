@@ -647,3 +647,40 @@ async fn a_savepoint_whose_operation_cannot_be_recorded_fails_without_triggering
         "no task was asked to snapshot"
     );
 }
+
+#[tokio::test]
+async fn a_savepoint_cut_short_by_a_restart_leaves_no_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("savepoints");
+    std::fs::create_dir_all(&target).unwrap();
+    let stores = Stores::filesystem(dir.path().join("data")).unwrap();
+    let mut h = Harness::on(stores.clone(), None);
+    h.register(standard_spec(JOB, policy())).await;
+    h.connect();
+    h.register_all(TaskState::Running);
+    h.set_status(JobStatus::Running).await;
+    let started = h
+        .coordinator
+        .savepoint(
+            JOB,
+            SavepointRequest {
+                request_id: Some("cut-short".to_string()),
+                ..SavepointRequest::manual(Some(target.to_str().unwrap().to_string()))
+            },
+        )
+        .await
+        .unwrap();
+    // A task already wrote its state into the savepoint directory when the server died.
+    let path = std::path::PathBuf::from(&started.operation.path);
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join("state-11"), b"partial").unwrap();
+
+    let restarted = Harness::on(stores, None);
+    restarted.coordinator.recover().await.unwrap();
+    let operation = restarted.coordinator.operation(JOB, "cut-short").unwrap();
+    assert!(matches!(operation.outcome, OperationOutcome::Failed { .. }));
+    assert!(
+        !path.exists(),
+        "the abandoned directory is removed at recovery"
+    );
+}
