@@ -661,6 +661,15 @@ impl JobState {
             self.stopping = None;
             self.status = JobStatus::Finished;
             effects.finished = true;
+            // The tasks finish now and never acknowledge anything else.
+            let failure = SnapshotFailure::new(
+                FailureReason::JobNotRunning,
+                format!(
+                    "job {} finished with stop-with-savepoint {id}",
+                    self.spec.job_id
+                ),
+            );
+            self.abort_all(None, &failure, now_ms, effects);
             let message = format!("stop-with-savepoint {id} completed; the job is FINISHED");
             self.announce_status(message, effects);
         }

@@ -51,6 +51,16 @@ pub struct SavepointStarted {
     pub operation: SavepointOperation,
     /// The new savepoint's handle; None when the request id repeated an earlier request.
     pub handle: Option<SnapshotHandle>,
+    /// Held so that waiting outlives an unregistration of the job.
+    job: Arc<Job>,
+}
+
+impl SavepointStarted {
+    /// Waits until the operation is no longer pending. Also when the job is unregistered
+    /// meanwhile: the operation then fails with COORDINATOR_SHUT_DOWN.
+    pub async fn finished(&self) -> Result<SavepointOperation, CoreError> {
+        wait_for_operation(&self.job, &self.operation.operation_id).await
+    }
 }
 
 /// Distinguishes operation ids the server picks within one millisecond.
@@ -89,6 +99,7 @@ impl Coordinator {
             return Ok(SavepointStarted {
                 operation: existing.clone(),
                 handle: None,
+                job: job.clone(),
             });
         }
         let operation_id = request.request_id.clone().unwrap_or_else(|| {
@@ -124,6 +135,7 @@ impl Coordinator {
         Ok(SavepointStarted {
             operation,
             handle: Some(handle),
+            job: job.clone(),
         })
     }
 
@@ -149,12 +161,7 @@ impl Coordinator {
         operation_id: &str,
     ) -> Result<SavepointOperation, CoreError> {
         let job = self.job(job_id)?;
-        let state = job.lock();
-        state.operations.get(operation_id).cloned().ok_or_else(|| {
-            CoreError::NotFound(format!(
-                "job {job_id} has no savepoint operation {operation_id} (the latest {FINISHED_OPERATIONS_KEPT} finished ones are kept)"
-            ))
-        })
+        operation_of(&job, operation_id)
     }
 
     /// Waits until the operation is no longer pending. Every pending operation ends
@@ -165,16 +172,7 @@ impl Coordinator {
         operation_id: &str,
     ) -> Result<SavepointOperation, CoreError> {
         let job = self.job(job_id)?;
-        let mut changed = job.operations_changed.subscribe();
-        loop {
-            let operation = self.operation(job_id, operation_id)?;
-            if !operation.is_pending() {
-                return Ok(operation);
-            }
-            if changed.changed().await.is_err() {
-                return self.operation(job_id, operation_id);
-            }
-        }
+        wait_for_operation(&job, operation_id).await
     }
 
     /// The job's completed savepoints, newest first.
@@ -434,6 +432,33 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// Waits until operation `operation_id` of `job` is no longer pending.
+async fn wait_for_operation(
+    job: &Job,
+    operation_id: &str,
+) -> Result<SavepointOperation, CoreError> {
+    let mut changed = job.operations_changed.subscribe();
+    loop {
+        let operation = operation_of(job, operation_id)?;
+        if !operation.is_pending() {
+            return Ok(operation);
+        }
+        if changed.changed().await.is_err() {
+            return operation_of(job, operation_id);
+        }
+    }
+}
+
+/// The operation `operation_id` of `job`.
+fn operation_of(job: &Job, operation_id: &str) -> Result<SavepointOperation, CoreError> {
+    job.lock().operations.get(operation_id).cloned().ok_or_else(|| {
+        CoreError::NotFound(format!(
+            "job {} has no savepoint operation {operation_id} (the latest {FINISHED_OPERATIONS_KEPT} finished ones are kept)",
+            job.id
+        ))
+    })
 }
 
 /// The savepoints of `records` (ascending by id) that retention disposes of.

@@ -114,7 +114,7 @@ impl SavepointRpc {
         until: Option<Instant>,
     ) -> Result<Response<proto::TriggerSavepointResponse>, Status> {
         let started = self.coordinator.savepoint(job_id.as_str(), request).await?;
-        let operation = started.operation;
+        let operation = &started.operation;
         let span = tracing::info_span!(
             "savepoint",
             job_id = %job_id,
@@ -122,12 +122,9 @@ impl SavepointRpc {
             operation_id = %operation.operation_id
         );
         if detach {
-            return Ok(Response::new(savepoint_response(operation)));
+            return Ok(Response::new(savepoint_response(started.operation)));
         }
-        let waiting = self
-            .coordinator
-            .wait_operation(job_id.as_str(), &operation.operation_id)
-            .instrument(span);
+        let waiting = started.finished().instrument(span);
         let finished = match until {
             None => waiting.await?,
             Some(until) => match tokio::time::timeout_at(until, waiting).await {

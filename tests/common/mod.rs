@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use savepoint_coordinator::client::{self, Downward, TaskManagerSession};
-use savepoint_coordinator::coordinator::model::KeyGroupRange;
+use savepoint_coordinator::coordinator::model::{DEFAULT_MAX_PARALLELISM, KeyGroupRange};
 use savepoint_coordinator::proto;
 use savepoint_coordinator::proto::savepoint_service_client::SavepointServiceClient;
 use savepoint_coordinator::proto::task_gateway_client::TaskGatewayClient;
@@ -30,6 +30,9 @@ use tonic::transport::Channel;
 /// Upper bound of every wait; a healthy run needs milliseconds, a loaded CI machine more.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Pause between two looks at state the server changes in the background.
+const POLL: Duration = Duration::from_millis(20);
+
 /// How long a server may take to stop; below its shutdown grace period, so a drain that
 /// hangs until the grace period cuts it short fails the test.
 const STOP_WITHIN: Duration = Duration::from_secs(3);
@@ -40,6 +43,25 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, future)
         .await
         .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
+}
+
+/// Polls `probe` until it returns Some, failing the test after [`WAIT`]; for what the
+/// server does in the background (retention, periodic savepoints, disposal of claimed
+/// snapshots).
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    within(what, async {
+        loop {
+            if let Some(found) = probe().await {
+                return found;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await
 }
 
 /// A server started in-process by [`server::run`], as the binary does.
@@ -248,14 +270,55 @@ pub async fn trigger_savepoint(
 
 /// Triggers a checkpoint and waits for it; returns its id.
 pub async fn trigger_checkpoint(client: &mut SavepointServiceClient<Channel>, job_id: &str) -> u64 {
+    try_trigger_checkpoint(client, job_id)
+        .await
+        .expect("TriggerCheckpoint")
+}
+
+/// Triggers a checkpoint and waits for its outcome: its id, or why it failed.
+pub async fn try_trigger_checkpoint(
+    client: &mut SavepointServiceClient<Channel>,
+    job_id: &str,
+) -> Result<u64, tonic::Status> {
     let request = proto::TriggerCheckpointRequest {
         job_id: job_id.to_string(),
     };
     within("TriggerCheckpoint", client.trigger_checkpoint(request))
         .await
-        .expect("TriggerCheckpoint")
+        .map(|response| response.into_inner().checkpoint_id)
+}
+
+/// GetSavepointOperation.
+pub async fn operation(
+    client: &mut SavepointServiceClient<Channel>,
+    job_id: &str,
+    operation_id: &str,
+) -> Result<proto::SavepointOperation, tonic::Status> {
+    let request = proto::GetSavepointOperationRequest {
+        job_id: job_id.to_string(),
+        operation_id: operation_id.to_string(),
+    };
+    within(
+        "GetSavepointOperation",
+        client.get_savepoint_operation(request),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// The job's savepoints as ListSavepoints returns them (newest first).
+pub async fn list_savepoints(
+    client: &mut SavepointServiceClient<Channel>,
+    job_id: &str,
+) -> Vec<proto::SavepointInfo> {
+    let request = proto::ListSavepointsRequest {
+        job_id: job_id.to_string(),
+    };
+    within("ListSavepoints", client.list_savepoints(request))
+        .await
+        .expect("ListSavepoints")
         .into_inner()
-        .checkpoint_id
+        .savepoints
 }
 
 /// The `x-failure-reason` metadata of a failed snapshot's status.
@@ -276,8 +339,20 @@ pub fn state_of(
     keyed: bool,
     checkpoint_id: u64,
 ) -> proto::StateHandle {
-    let key_groups = keyed.then(|| {
-        let range = KeyGroupRange::for_subtask(128, parallelism, subtask);
+    let max_parallelism = keyed.then_some(DEFAULT_MAX_PARALLELISM);
+    state_in_key_groups(vertex, subtask, parallelism, max_parallelism, checkpoint_id)
+}
+
+/// Like [`state_of`], for a vertex with `max_parallelism` key groups (None: not keyed).
+pub fn state_in_key_groups(
+    vertex: &str,
+    subtask: u32,
+    parallelism: u32,
+    max_parallelism: Option<u32>,
+    checkpoint_id: u64,
+) -> proto::StateHandle {
+    let key_groups = max_parallelism.map(|max| {
+        let range = KeyGroupRange::for_subtask(max, parallelism, subtask);
         proto::KeyGroupRange {
             start: range.start,
             end: range.end,
@@ -333,6 +408,8 @@ pub struct SimTask {
     pub vertex: String,
     pub subtask: u32,
     pub parallelism: u32,
+    /// Number of key groups of the vertex.
+    pub max_parallelism: u32,
     pub attempt: u64,
     pub keyed: bool,
     pub task_manager: String,
@@ -345,11 +422,11 @@ impl SimTask {
     }
 
     pub fn state(&self, checkpoint_id: u64) -> proto::StateHandle {
-        state_of(
+        state_in_key_groups(
             &self.vertex,
             self.subtask,
             self.parallelism,
-            self.keyed,
+            self.keyed.then_some(self.max_parallelism),
             checkpoint_id,
         )
     }
@@ -426,6 +503,10 @@ impl Cluster {
                     vertex: vertex.id.clone(),
                     subtask,
                     parallelism: vertex.parallelism,
+                    max_parallelism: match vertex.max_parallelism {
+                        0 => DEFAULT_MAX_PARALLELISM.max(vertex.parallelism),
+                        max => max,
+                    },
                     attempt: tasks.len() as u64 + 1,
                     keyed: keyed.contains(&vertex.id.as_str()),
                     task_manager: names[tasks.len() % task_managers].clone(),
@@ -508,6 +589,19 @@ impl Cluster {
         .await
     }
 
+    /// The first trigger of `checkpoint_id` (to any task).
+    pub async fn wait_for_trigger(&self, checkpoint_id: u64) -> proto::TriggerCheckpoint {
+        self.wait_for(
+            &format!("the trigger of checkpoint {checkpoint_id}"),
+            |log| {
+                triggers(log)
+                    .find(|t| t.checkpoint_id == checkpoint_id)
+                    .cloned()
+            },
+        )
+        .await
+    }
+
     /// Waits until every task got NotifyCheckpointComplete for `checkpoint_id`; returns
     /// the notified attempt ids, sorted.
     pub async fn wait_for_notifications(&self, checkpoint_id: u64) -> Vec<u64> {
@@ -576,6 +670,17 @@ impl Cluster {
         task
     }
 
+    /// Bytes of state all tasks together acknowledge for `checkpoint_id`.
+    pub fn state_size(&self, checkpoint_id: u64) -> u64 {
+        self.tasks
+            .iter()
+            .map(|t| match t.state(checkpoint_id).data {
+                Some(proto::state_handle::Data::Inline(bytes)) => bytes.len() as u64,
+                other => panic!("simulated state is inline, got {other:?}"),
+            })
+            .sum()
+    }
+
     /// Waits until the server has closed every task manager's stream.
     pub async fn wait_until_closed(mut self) {
         for worker in self.workers.drain(..) {
@@ -607,6 +712,16 @@ pub fn triggers(log: &[Received]) -> impl Iterator<Item = &proto::TriggerCheckpo
         Downward::TriggerCheckpoint(trigger) => Some(trigger),
         _ => None,
     })
+}
+
+/// The JobStatusChanged messages in a message log, in arrival order.
+pub fn status_changes(log: &[Received]) -> Vec<proto::JobStatusChanged> {
+    log.iter()
+        .filter_map(|r| match &r.message {
+            Downward::JobStatusChanged(change) => Some(change.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The attempts notified of the completion of `checkpoint_id`, sorted.
