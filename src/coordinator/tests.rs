@@ -2654,3 +2654,4 @@ async fn a_restarted_coordinator_recovers_jobs_retained_checkpoints_and_ids() {
 }
 
 mod lifecycle;
+mod sequences;
