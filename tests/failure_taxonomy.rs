@@ -154,7 +154,7 @@ async fn consecutive_checkpoint_failures_beyond_the_tolerance_mark_the_job_faili
         (recovered.consecutive_failures, recovered.failing),
         (0, false)
     );
-    for task_manager in ["tm-0", "tm-1"] {
+    for task_manager in ["flaky-tm-0", "flaky-tm-1"] {
         let heard = cluster
             .wait_for(
                 &format!("{task_manager} to hear the job recovered"),

@@ -162,10 +162,12 @@ async fn a_repeated_request_id_returns_the_same_operation_and_takes_one_savepoin
     // trigger a repeat could have sent, so the log below is complete.
     assert_eq!(common::trigger_checkpoint(&mut client, "idem").await, 2);
     cluster.wait_for_notifications(2).await;
-    let triggered: Vec<(u64, u64)> = savepoint_triggers(&cluster.log())
+    // Sorted: the two task managers log what they receive in whatever order they run.
+    let mut triggered: Vec<(u64, u64)> = savepoint_triggers(&cluster.log())
         .iter()
         .map(|t| (t.checkpoint_id, t.attempt_id))
         .collect();
+    triggered.sort_unstable();
     assert_eq!(triggered, vec![(1, 1), (1, 2)], "one trigger per source");
     assert_eq!(ids(&list_savepoints(&mut client, "idem").await), vec![1]);
     assert_eq!(stats(&mut client, "idem").await.triggered, 2);
@@ -453,7 +455,7 @@ async fn stop_with_savepoint_finishes_the_job_only_once_the_savepoint_is_durable
             ("stopping", proto::JobStatus::Finished, false)
         );
     }
-    for task_manager in ["tm-0", "tm-1"] {
+    for task_manager in ["stopping-tm-0", "stopping-tm-1"] {
         let heard: Vec<&str> = cluster
             .log()
             .iter()

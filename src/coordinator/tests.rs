@@ -2692,3 +2692,4 @@ async fn a_restarted_coordinator_recovers_jobs_retained_checkpoints_and_ids() {
 }
 
 mod lifecycle;
+mod sequences;

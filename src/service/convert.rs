@@ -13,7 +13,9 @@ use crate::coordinator::restore::SubtaskAssignment;
 use crate::coordinator::stats::{
     JobStats, RestoreStats, SnapshotStats, SnapshotStatus, SubtaskSample, Summary,
 };
-use crate::coordinator::{AckOutcome, Acknowledgement, Restored, TaskRegistration};
+use crate::coordinator::{
+    AckOutcome, Acknowledgement, Restored, SavepointRequest, TaskRegistration,
+};
 use crate::proto;
 use std::time::Duration;
 use tonic::Status;
@@ -417,6 +419,72 @@ pub fn optional_directory(value: String) -> Option<String> {
     Some(value).filter(|dir| !dir.trim().is_empty())
 }
 
+/// A validated TriggerSavepoint or StopWithSavepoint request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavepointCall {
+    /// The job to take the savepoint of.
+    pub job_id: JobId,
+    /// What the core is asked for.
+    pub request: SavepointRequest,
+    /// Answer at once with the operation instead of waiting for the outcome.
+    pub detach: bool,
+}
+
+/// Decodes TriggerSavepoint.
+pub fn trigger_savepoint(request: proto::TriggerSavepointRequest) -> Result<SavepointCall, Status> {
+    Ok(SavepointCall {
+        job_id: job_id("job_id", &request.job_id)?,
+        request: SavepointRequest {
+            request_id: optional_request_id(request.request_id),
+            ..SavepointRequest::manual(optional_directory(request.target_directory))
+        },
+        detach: request.detach,
+    })
+}
+
+/// Decodes StopWithSavepoint.
+pub fn stop_with_savepoint(
+    request: proto::StopWithSavepointRequest,
+) -> Result<SavepointCall, Status> {
+    Ok(SavepointCall {
+        job_id: job_id("job_id", &request.job_id)?,
+        request: SavepointRequest {
+            request_id: optional_request_id(request.request_id),
+            ..SavepointRequest::stop(optional_directory(request.target_directory), request.drain)
+        },
+        detach: request.detach,
+    })
+}
+
+/// A validated RestoreSavepoint request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreSavepoint {
+    /// The job whose subtasks start from the savepoint.
+    pub job_id: JobId,
+    /// The savepoint (its directory or its metadata file); the store checks where it is.
+    pub path: String,
+    /// Skip state of vertices the job does not have instead of refusing.
+    pub allow_non_restored_state: bool,
+    /// Who owns the savepoint afterwards.
+    pub claim_mode: model::ClaimMode,
+}
+
+/// Decodes RestoreSavepoint.
+pub fn restore_savepoint(
+    request: proto::RestoreSavepointRequest,
+) -> Result<RestoreSavepoint, Status> {
+    let job_id = job_id("job_id", &request.job_id)?;
+    if request.path.trim().is_empty() {
+        return Err(invalid("path must not be empty"));
+    }
+    Ok(RestoreSavepoint {
+        job_id,
+        claim_mode: claim_mode("claim_mode", request.claim_mode)?,
+        path: request.path,
+        allow_non_restored_state: request.allow_non_restored_state,
+    })
+}
+
 /// Parses a `grpc-timeout` header value (at most 8 digits and a unit: `H` hours, `M`
 /// minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds), as
 /// specified in gRPC over HTTP/2. None for anything malformed.
@@ -723,6 +791,9 @@ fn summary_to_proto(summary: Summary) -> proto::Summary {
         count: summary.count,
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {

@@ -179,13 +179,8 @@ impl SavepointService for SavepointRpc {
         request: Request<proto::TriggerSavepointRequest>,
     ) -> Result<Response<proto::TriggerSavepointResponse>, Status> {
         let until = wait_until(request.metadata(), Instant::now());
-        let request = request.into_inner();
-        let job_id = convert::job_id("job_id", &request.job_id)?;
-        let savepoint = SavepointRequest {
-            request_id: convert::optional_request_id(request.request_id),
-            ..SavepointRequest::manual(convert::optional_directory(request.target_directory))
-        };
-        self.savepoint(job_id, savepoint, request.detach, until)
+        let call = convert::trigger_savepoint(request.into_inner())?;
+        self.savepoint(call.job_id, call.request, call.detach, until)
             .await
     }
 
@@ -194,16 +189,8 @@ impl SavepointService for SavepointRpc {
         request: Request<proto::StopWithSavepointRequest>,
     ) -> Result<Response<proto::TriggerSavepointResponse>, Status> {
         let until = wait_until(request.metadata(), Instant::now());
-        let request = request.into_inner();
-        let job_id = convert::job_id("job_id", &request.job_id)?;
-        let savepoint = SavepointRequest {
-            request_id: convert::optional_request_id(request.request_id),
-            ..SavepointRequest::stop(
-                convert::optional_directory(request.target_directory),
-                request.drain,
-            )
-        };
-        self.savepoint(job_id, savepoint, request.detach, until)
+        let call = convert::stop_with_savepoint(request.into_inner())?;
+        self.savepoint(call.job_id, call.request, call.detach, until)
             .await
     }
 
@@ -252,19 +239,14 @@ impl SavepointService for SavepointRpc {
         &self,
         request: Request<proto::RestoreSavepointRequest>,
     ) -> Result<Response<proto::RestoreResponse>, Status> {
-        let request = request.into_inner();
-        let job_id = convert::job_id("job_id", &request.job_id)?;
-        if request.path.trim().is_empty() {
-            return Err(Status::invalid_argument("path must not be empty"));
-        }
-        let claim_mode = convert::claim_mode("claim_mode", request.claim_mode)?;
+        let restore = convert::restore_savepoint(request.into_inner())?;
         let restored = self
             .coordinator
             .restore_savepoint_with(
-                job_id.as_str(),
-                &request.path,
-                request.allow_non_restored_state,
-                claim_mode,
+                restore.job_id.as_str(),
+                &restore.path,
+                restore.allow_non_restored_state,
+                restore.claim_mode,
             )
             .await?;
         Ok(Response::new(convert::restore_response(restored)))
