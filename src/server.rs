@@ -22,7 +22,8 @@ use crate::service::auth::{self, Authenticator, Role};
 use crate::service::convert::DEFAULT_MAX_INLINE_STATE_BYTES;
 use crate::service::message_limit::MessageLimitStatusLayer;
 use crate::service::{SavepointRpc, StreamRegistry, TaskGatewayLimits, TaskGatewayRpc};
-use crate::store::{StoreError, Stores};
+use crate::store::object::{BucketStore, S3Config};
+use crate::store::{MetadataStores, StoreError, Stores};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
@@ -138,8 +139,12 @@ fn pem_error(setting: &'static str, path: &Path, problem: &str) -> ServerError {
 pub struct ServerConfig {
     /// Root of the filesystem store (ID counters, job records, checkpoint metadata).
     pub data_dir: PathBuf,
+    /// Keep checkpoints, savepoints and owned state in this S3 bucket prefix instead of
+    /// `data_dir` (which then holds only ID counters, jobs and operations).
+    pub object_store: Option<S3Config>,
     /// Savepoint target when neither the request nor the job names one; None means
-    /// `<data_dir>/savepoints`.
+    /// `<data_dir>/savepoints`, or `<object store url>/savepoints`. An object URL
+    /// (`s3://bucket/prefix`) is kept as it is; a local path is made absolute.
     pub default_savepoint_dir: Option<PathBuf>,
     /// Bound on the summed inline state bytes of one acknowledgement (larger state must
     /// be sent as a reference).
@@ -168,6 +173,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             data_dir: PathBuf::from("./data"),
+            object_store: None,
             default_savepoint_dir: None,
             max_inline_state_bytes: DEFAULT_MAX_INLINE_STATE_BYTES,
             max_message_bytes: 16 * 1024 * 1024,
@@ -203,6 +209,11 @@ impl ServerConfig {
         if self.max_requests_per_connection == 0 {
             return invalid("max_requests_per_connection", "must be at least 1".into());
         }
+        if let Some(object_store) = &self.object_store
+            && object_store.url.trim().is_empty()
+        {
+            return invalid("object_store.url", "must not be empty".into());
+        }
         if let Some(tls) = &self.tls {
             for (setting, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
                 if path.as_os_str().is_empty() {
@@ -226,17 +237,49 @@ impl ServerConfig {
     fn extra_savepoint_roots(&self) -> Result<Vec<String>, ServerError> {
         self.extra_savepoint_roots
             .iter()
-            .map(|root| absolute_utf8("extra_savepoint_roots", root))
+            .map(|root| location_string("extra_savepoint_roots", root))
             .collect()
     }
 
-    /// The effective default savepoint directory as an absolute path string.
+    /// The effective default savepoint directory: an object URL, or an absolute path.
     fn savepoint_dir(&self) -> Result<String, ServerError> {
-        let dir = self
-            .default_savepoint_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("savepoints"));
-        absolute_utf8("default_savepoint_dir", &dir)
+        match (&self.default_savepoint_dir, &self.object_store) {
+            (Some(dir), _) => location_string("default_savepoint_dir", dir),
+            (None, Some(object_store)) => Ok(format!(
+                "{}/savepoints",
+                object_store.url.trim_end_matches('/')
+            )),
+            (None, None) => {
+                absolute_utf8("default_savepoint_dir", &self.data_dir.join("savepoints"))
+            }
+        }
+    }
+
+    /// The stores this configuration names: the filesystem store under `data_dir`,
+    /// with the snapshot roles in the object store when one is configured.
+    pub fn open_stores(&self) -> Result<Stores, ServerError> {
+        let store_error = |source| ServerError::Store {
+            data_dir: self.data_dir.clone(),
+            source,
+        };
+        let Some(object_store) = &self.object_store else {
+            return Stores::filesystem(&self.data_dir).map_err(store_error);
+        };
+        let bucket =
+            BucketStore::connect_s3(object_store).map_err(|e| ServerError::InvalidConfig {
+                setting: "object_store.url",
+                detail: e.to_string(),
+            })?;
+        let metadata = MetadataStores::filesystem(&self.data_dir).map_err(store_error)?;
+        Ok(Stores::split(metadata, Arc::new(bucket)))
+    }
+}
+
+/// An object URL (`s3://bucket/prefix`) as it is, anything else as an absolute path.
+fn location_string(setting: &'static str, location: &Path) -> Result<String, ServerError> {
+    match location.to_str() {
+        Some(url) if url.contains("://") && !url.starts_with("file://") => Ok(url.to_string()),
+        _ => absolute_utf8(setting, location),
     }
 }
 
@@ -301,15 +344,12 @@ pub async fn run(
              acknowledgements are refused by the message size limit instead"
         );
     }
-    let stores = Stores::filesystem(&config.data_dir).map_err(|source| ServerError::Store {
-        data_dir: config.data_dir.clone(),
-        source,
-    })?;
+    let stores = config.open_stores()?;
     run_with_stores(config, stores, listener, shutdown).await
 }
 
-/// Like [`run`], on the given stores instead of the filesystem store under
-/// `config.data_dir` (tests wrap that store to inject faults).
+/// Like [`run`], on the given stores instead of the ones `config` names (tests wrap
+/// them to inject faults).
 pub async fn run_with_stores(
     config: ServerConfig,
     stores: Stores,
@@ -318,6 +358,18 @@ pub async fn run_with_stores(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let default_savepoint_dir = config.savepoint_dir()?;
+    // A default the savepoint store cannot write to would fail every savepoint later.
+    stores
+        .savepoints
+        .savepoint_path(
+            &default_savepoint_dir,
+            &crate::coordinator::model::JobId::new("check"),
+            crate::coordinator::model::CheckpointId(1),
+        )
+        .map_err(|e| ServerError::InvalidConfig {
+            setting: "default_savepoint_dir",
+            detail: e.to_string(),
+        })?;
     let tls = config.tls.as_ref().map(TlsConfig::load).transpose()?;
     let authenticator = config.auth.load()?.map(Arc::new);
     warn_about_security(&config, &listener, authenticator.as_deref());
@@ -334,7 +386,12 @@ pub async fn run_with_stores(
         },
     );
     let jobs = coordinator.recover().await.map_err(ServerError::Recovery)?;
-    tracing::info!(jobs, data_dir = %config.data_dir.display(), "recovered jobs of earlier runs");
+    tracing::info!(
+        jobs,
+        data_dir = %config.data_dir.display(),
+        object_store = config.object_store.as_ref().map(|o| o.url.as_str()),
+        "recovered jobs of earlier runs"
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -511,6 +568,61 @@ mod tests {
                 .savepoint_dir()
                 .expect("utf-8")
                 .ends_with("savepoints")
+        );
+    }
+
+    #[test]
+    fn with_an_object_store_savepoints_default_to_its_url_and_urls_stay_urls() {
+        let object_store = S3Config {
+            url: "s3://bucket/prefix/".to_string(),
+            endpoint: None,
+            region: None,
+            allow_http: false,
+            credentials: None,
+        };
+        let config = ServerConfig {
+            object_store: Some(object_store.clone()),
+            extra_savepoint_roots: vec![PathBuf::from("s3://bucket/other"), PathBuf::from("rel")],
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            config.savepoint_dir().unwrap(),
+            "s3://bucket/prefix/savepoints"
+        );
+        let roots = config.extra_savepoint_roots().unwrap();
+        assert_eq!(roots[0], "s3://bucket/other");
+        assert!(Path::new(&roots[1]).is_absolute(), "{}", roots[1]);
+        let config = ServerConfig {
+            default_savepoint_dir: Some(PathBuf::from("s3://bucket/prefix/sp")),
+            object_store: Some(object_store),
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.savepoint_dir().unwrap(), "s3://bucket/prefix/sp");
+    }
+
+    #[tokio::test]
+    async fn a_default_savepoint_dir_outside_the_bucket_is_refused_at_start() {
+        let data = tempfile::tempdir().unwrap();
+        let bucket = BucketStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "mem://bucket/prefix",
+        )
+        .unwrap();
+        let stores = Stores::split(
+            MetadataStores::filesystem(data.path()).unwrap(),
+            Arc::new(bucket),
+        );
+        let config = ServerConfig {
+            data_dir: data.path().to_path_buf(),
+            ..ServerConfig::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let error = run_with_stores(config, stores, listener, std::future::pending())
+            .await
+            .expect_err("a local default savepoint directory with savepoints in a bucket");
+        assert!(
+            error.to_string().contains("default_savepoint_dir"),
+            "{error}"
         );
     }
 

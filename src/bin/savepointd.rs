@@ -6,6 +6,7 @@
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use savepoint_coordinator::server::{self, AuthConfig, ServerConfig, TlsConfig};
+use savepoint_coordinator::store::object::S3Config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
@@ -36,8 +37,31 @@ struct Args {
     #[arg(long, env = "SAVEPOINTD_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
 
+    /// Keep completed checkpoints, savepoints and the state locations handed to tasks in
+    /// S3 (or an S3-compatible store) under this bucket prefix, e.g.
+    /// s3://bucket/savepoint-coordinator; --data-dir then holds only ID counters, jobs
+    /// and savepoint operations. Credentials come from the standard AWS_* environment
+    /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or the
+    /// instance/container role.
+    #[arg(long, env = "SAVEPOINTD_OBJECT_STORE_URL")]
+    object_store_url: Option<String>,
+
+    /// Endpoint of an S3-compatible server (MinIO, moto, Ceph...), e.g.
+    /// http://127.0.0.1:9000; without it, AWS S3 (or AWS_ENDPOINT).
+    #[arg(long, env = "SAVEPOINTD_S3_ENDPOINT", requires = "object_store_url")]
+    s3_endpoint: Option<String>,
+
+    /// S3 region; without it, AWS_REGION or AWS_DEFAULT_REGION, else us-east-1.
+    #[arg(long, env = "SAVEPOINTD_S3_REGION", requires = "object_store_url")]
+    s3_region: Option<String>,
+
+    /// Allow a plain http:// --s3-endpoint (loopback test servers only).
+    #[arg(long, env = "SAVEPOINTD_S3_ALLOW_HTTP", requires = "object_store_url")]
+    s3_allow_http: bool,
+
     /// Directory where savepoints go when neither the request nor the job names a
-    /// target directory. Defaults to <data-dir>/savepoints.
+    /// target directory. Defaults to <data-dir>/savepoints, or with --object-store-url
+    /// to <object-store-url>/savepoints (a savepoint directory is then an s3:// URL).
     #[arg(long, env = "SAVEPOINTD_SAVEPOINT_DIR")]
     savepoint_dir: Option<PathBuf>,
 
@@ -130,6 +154,13 @@ async fn main() -> anyhow::Result<()> {
 
     let config = ServerConfig {
         data_dir: args.data_dir,
+        object_store: args.object_store_url.map(|url| S3Config {
+            url,
+            endpoint: args.s3_endpoint,
+            region: args.s3_region,
+            allow_http: args.s3_allow_http,
+            credentials: None,
+        }),
         default_savepoint_dir: args.savepoint_dir,
         max_inline_state_bytes: args.max_inline_state_bytes,
         extra_savepoint_roots: args.savepoint_roots,

@@ -2,14 +2,16 @@
 //! completed checkpoints, savepoints, and the state data the coordinator owns.
 //!
 //! The core only sees these traits; `memory` backs unit tests, `fs` (local filesystem) is
-//! the embedded default. Every backend must make a write durable before returning Ok, and
-//! must report unreadable or corrupted metadata as [`StoreError::Corrupted`] (DATA_LOSS),
-//! never as a silently wrong value.
+//! the embedded default, `object` keeps snapshots in S3-compatible object storage. Every
+//! backend must make a write durable before returning Ok, and must report unreadable or
+//! corrupted metadata as [`StoreError::Corrupted`] (DATA_LOSS), never as a silently wrong
+//! value.
 
 pub mod codec;
 pub mod faults;
 pub mod fs;
 pub mod memory;
+pub mod object;
 
 use crate::coordinator::model::{
     CheckpointId, CompletedSnapshot, JobId, JobSpec, JobStatus, SavepointOperation,
@@ -212,6 +214,22 @@ impl Stores {
         )?)))
     }
 
+    /// Checkpoints, savepoints and owned state in `snapshots` (e.g. a bucket), the
+    /// other roles in `metadata` (the filesystem store, or a coordination service).
+    pub fn split<S>(metadata: MetadataStores, snapshots: Arc<S>) -> Stores
+    where
+        S: CompletedCheckpointStore + SavepointStore + OwnedStateStore + 'static,
+    {
+        Stores {
+            ids: metadata.ids,
+            jobs: metadata.jobs,
+            operations: metadata.operations,
+            checkpoints: snapshots.clone(),
+            savepoints: snapshots.clone(),
+            owned_state: snapshots,
+        }
+    }
+
     /// Every role served by one backend.
     pub fn all_in<S>(store: Arc<S>) -> Stores
     where
@@ -229,6 +247,36 @@ impl Stores {
             checkpoints: store.clone(),
             savepoints: store.clone(),
             owned_state: store.clone(),
+            operations: store,
+        }
+    }
+}
+
+/// The small, frequently updated records of a coordinator: ID counters, job
+/// registrations and savepoint operations; see [`Stores::split`].
+#[derive(Clone)]
+pub struct MetadataStores {
+    pub ids: Arc<dyn IdCounterStore>,
+    pub jobs: Arc<dyn JobStore>,
+    pub operations: Arc<dyn OperationStore>,
+}
+
+impl MetadataStores {
+    /// The metadata roles of the filesystem store under `data_dir`.
+    pub fn filesystem(data_dir: impl Into<std::path::PathBuf>) -> StoreResult<MetadataStores> {
+        Ok(MetadataStores::all_in(Arc::new(fs::FsStore::open(
+            data_dir.into(),
+        )?)))
+    }
+
+    /// Every metadata role served by one backend.
+    pub fn all_in<S>(store: Arc<S>) -> MetadataStores
+    where
+        S: IdCounterStore + JobStore + OperationStore + 'static,
+    {
+        MetadataStores {
+            ids: store.clone(),
+            jobs: store.clone(),
             operations: store,
         }
     }

@@ -7,6 +7,8 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use savepoint_coordinator::client::{self, Downward, TaskManagerSession};
 use savepoint_coordinator::coordinator::model::{DEFAULT_MAX_PARALLELISM, KeyGroupRange};
 use savepoint_coordinator::proto;
