@@ -1,5 +1,6 @@
 //! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler), so the build
 //! needs no system `protoc`. The encoded descriptor set is kept for gRPC server reflection.
+//! The subset of etcd's API under `proto/etcd` is compiled the same way, client side only.
 
 use prost::Message;
 use std::path::PathBuf;
@@ -10,8 +11,13 @@ const PROTOS: &[&str] = &[
     "proto/savepoint/v1/task_gateway.proto",
 ];
 
+const ETCD_PROTOS: &[&str] = &[
+    "proto/etcd/mvccpb/kv.proto",
+    "proto/etcd/etcdserverpb/rpc.proto",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain(ETCD_PROTOS) {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(PROTOS, ["proto"])?;
@@ -26,5 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .bytes(".savepoint.v1.StateHandle.inline")
         .compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_transport(false)
+        .compile_fds(protox::compile(ETCD_PROTOS, ["proto"])?)?;
     Ok(())
 }

@@ -2,10 +2,12 @@
 //! for stream-processing jobs (modelled on Apache Flink's CheckpointCoordinator).
 //!
 //! Layers, outermost first: [`service`] (gRPC, thin) -> [`coordinator`] (the core, no I/O
-//! under a lock) -> [`store`] (pluggable persistence). [`server::run`] wires them together.
+//! under a lock) -> [`store`] (pluggable persistence); [`ha`] elects a leader among
+//! replicas. [`server::run`] wires them together.
 
 pub mod client;
 pub mod coordinator;
+pub mod ha;
 pub mod server;
 pub mod service;
 pub mod store;

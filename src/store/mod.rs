@@ -8,6 +8,7 @@
 //! value.
 
 pub mod codec;
+pub mod etcd;
 pub mod faults;
 pub mod fs;
 pub mod memory;

@@ -7,6 +7,7 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod moto;
 
 use savepoint_coordinator::client::{self, Downward, TaskManagerSession};

@@ -1,0 +1,207 @@
+//! Leader election through an etcd lease: the replica that creates the leader key
+//! (attached to its lease) leads until its lease ends; the others watch the key and
+//! campaign once it is gone.
+//!
+//! The creation revision of the leader key is the leadership's **fencing token**: it grows
+//! with every new leader, the etcd store guards every write on it ([`Fence`]), and task
+//! managers get it in every message. A leader that cannot refresh its lease steps down
+//! locally before etcd can have let the lease expire, so two replicas never both believe
+//! they lead; and should one still try to write, etcd refuses it.
+
+use super::etcd::{self, EtcdClient};
+use crate::store::etcd::Fence;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// What this replica is at the moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Not the leader; `leader` is the address the current leader advertises, if known.
+    Follower { leader: Option<String> },
+    /// The leader for the term whose fencing token is `revision`.
+    Leader { lease: i64, revision: i64 },
+}
+
+impl Role {
+    /// The fence of a leader's writes, None for a follower.
+    pub fn fence(&self, leader_key: &str) -> Option<Fence> {
+        match self {
+            Role::Leader { revision, .. } => Some(Fence {
+                leader_key: leader_key.to_string(),
+                revision: *revision,
+            }),
+            Role::Follower { .. } => None,
+        }
+    }
+}
+
+/// How a replica campaigns.
+#[derive(Clone, Debug)]
+pub struct ElectionConfig {
+    /// The leader key, e.g. `<prefix>/leader`.
+    pub key: String,
+    /// Time to live of the leader's lease: how long a crashed leader blocks failover.
+    pub lease_ttl: Duration,
+    /// The address this replica serves clients on, told to clients of the followers.
+    pub advertise_address: String,
+}
+
+impl ElectionConfig {
+    /// How often a follower looks at the leader key and a leader refreshes its lease.
+    fn poll_interval(&self) -> Duration {
+        (self.lease_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(2))
+    }
+}
+
+/// Campaigns until `shutdown` turns true, publishing this replica's role on the returned
+/// channel; on shutdown a leader gives up its lease so that another takes over at once.
+pub fn campaign(
+    client: EtcdClient,
+    config: ElectionConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> (watch::Receiver<Role>, tokio::task::JoinHandle<()>) {
+    let (role_tx, role_rx) = watch::channel(Role::Follower { leader: None });
+    let task = tokio::spawn(async move {
+        let candidate = Candidate {
+            client,
+            config,
+            role: role_tx,
+        };
+        tokio::select! {
+            () = candidate.run() => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+        let role = candidate.role.borrow().clone();
+        if let Role::Leader { lease, .. } = role
+            && let Err(error) = candidate.client.revoke_lease(lease).await
+        {
+            tracing::warn!("could not give up the leader lease at shutdown: {error}");
+        }
+        candidate.role.send_replace(Role::Follower { leader: None });
+    });
+    (role_rx, task)
+}
+
+struct Candidate {
+    client: EtcdClient,
+    config: ElectionConfig,
+    role: watch::Sender<Role>,
+}
+
+impl Candidate {
+    async fn run(&self) {
+        loop {
+            match self.try_to_lead().await {
+                Ok(Some((lease, revision, valid_until))) => {
+                    tracing::info!(revision, lease, "elected leader");
+                    self.role.send_replace(Role::Leader { lease, revision });
+                    self.lead(lease, revision, valid_until).await;
+                    self.role.send_replace(Role::Follower { leader: None });
+                    // Best effort: a lease nobody refreshes expires anyway.
+                    let _ = self.client.revoke_lease(lease).await;
+                }
+                Ok(None) => tokio::time::sleep(self.config.poll_interval()).await,
+                Err(error) => {
+                    tracing::warn!("leader election: {error}");
+                    tokio::time::sleep(self.config.poll_interval()).await;
+                }
+            }
+        }
+    }
+
+    /// Creates the leader key if nobody holds it; returns the lease, the fencing revision
+    /// and until when the lease surely lives, or None (and notes the leader) if another
+    /// replica leads.
+    async fn try_to_lead(&self) -> Result<Option<(i64, i64, Instant)>, etcd::EtcdError> {
+        if let Some(holder) = self.client.get(&self.config.key).await? {
+            self.note_leader(&holder.value);
+            return Ok(None);
+        }
+        let requested = Instant::now();
+        let lease = self.client.grant_lease(self.config.lease_ttl).await?;
+        let response = self
+            .client
+            .txn(etcd::pb::etcdserverpb::TxnRequest {
+                compare: vec![etcd::created_at(&self.config.key, 0)],
+                success: vec![etcd::put(
+                    &self.config.key,
+                    self.config.advertise_address.clone().into_bytes(),
+                    lease,
+                )],
+                failure: Vec::new(),
+            })
+            .await;
+        match response {
+            Ok(response) if response.succeeded => {
+                let revision = response.header.map(|h| h.revision).unwrap_or_default();
+                Ok(Some((lease, revision, requested + self.config.lease_ttl)))
+            }
+            other => {
+                let _ = self.client.revoke_lease(lease).await;
+                other.map(|_| None)
+            }
+        }
+    }
+
+    fn note_leader(&self, address: &[u8]) {
+        let leader = Some(String::from_utf8_lossy(address).into_owned());
+        self.role.send_if_modified(|role| {
+            let follower = Role::Follower {
+                leader: leader.clone(),
+            };
+            let changed = *role != follower;
+            *role = follower;
+            changed
+        });
+    }
+
+    /// Keeps the lease alive while the leader key is still this term's; returns when
+    /// leadership is lost or can no longer be proven in time.
+    async fn lead(&self, lease: i64, revision: i64, mut valid_until: Instant) {
+        let interval = self.config.poll_interval();
+        loop {
+            tokio::time::sleep(interval).await;
+            let sent = Instant::now();
+            if sent >= valid_until {
+                tracing::warn!(
+                    revision,
+                    "stepping down: the leader lease could not be refreshed in time"
+                );
+                return;
+            }
+            let refreshed = tokio::time::timeout_at(valid_until, async {
+                let ttl = self.client.keep_alive_once(lease).await?;
+                let holder = self.client.get(&self.config.key).await?;
+                Ok::<_, etcd::EtcdError>((ttl, holder))
+            })
+            .await;
+            match refreshed {
+                Ok(Ok((ttl, Some(holder)))) if holder.create_revision == revision => {
+                    valid_until = sent + ttl.min(self.config.lease_ttl);
+                }
+                Ok(Ok(_)) => {
+                    tracing::warn!(
+                        revision,
+                        "stepping down: the leader key is no longer this replica's"
+                    );
+                    return;
+                }
+                Ok(Err(etcd::EtcdError::LeaseExpired(_))) => {
+                    tracing::warn!(revision, "stepping down: the leader lease expired");
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(revision, "could not refresh the leader lease: {error}");
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        revision,
+                        "stepping down: the leader lease could not be refreshed in time"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}

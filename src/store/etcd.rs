@@ -1,0 +1,273 @@
+//! etcd backend for the small, shared records of a highly available coordinator: the
+//! checkpoint ID counters, job registrations and savepoint operations. Several replicas of
+//! the server see the same records; snapshots themselves live in the object store.
+//!
+//! Layout under `<prefix>/`:
+//! ```text
+//! ids/<job>              next checkpoint ID to reserve (decimal)
+//! jobs/<job>             job record (checksummed envelope, as on the filesystem)
+//! operations/<job>/<op>  savepoint operation record (envelope)
+//! ```
+//!
+//! Every write is one etcd transaction guarded by the writer's [`Fence`]: it only applies
+//! while the leader key still holds the writer's leadership, so a deposed leader's late
+//! writes fail instead of overwriting its successor's. ID reservations are
+//! compare-and-swap on the counter's revision, so two writers never get the same block.
+
+use super::codec::{self, RecordKind};
+use super::{
+    IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore, StoreError, StoreResult,
+    UnreadableJob,
+};
+use crate::coordinator::model::{CheckpointId, JobId, SavepointOperation, validate_name};
+use crate::ha::etcd::{self, EtcdClient, EtcdError};
+use async_trait::async_trait;
+
+/// The leadership a writer holds: the leader key and the revision at which this writer
+/// created it. Writes apply only while the key still has that creation revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub leader_key: String,
+    pub revision: i64,
+}
+
+/// How many times a compare-and-swap is retried when another writer got there first.
+const CAS_ATTEMPTS: usize = 16;
+
+/// See the module documentation.
+#[derive(Clone, Debug)]
+pub struct EtcdStore {
+    client: EtcdClient,
+    prefix: String,
+    fence: Option<Fence>,
+}
+
+impl From<EtcdError> for StoreError {
+    fn from(error: EtcdError) -> Self {
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+impl EtcdStore {
+    /// The records under `prefix` (no trailing slash needed), written under `fence`
+    /// (None: unguarded, for a single writer such as a test or a tool).
+    pub fn new(client: EtcdClient, prefix: &str, fence: Option<Fence>) -> EtcdStore {
+        EtcdStore {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            fence,
+        }
+    }
+
+    fn id_key(&self, job: &JobId) -> String {
+        format!("{}/ids/{job}", self.prefix)
+    }
+
+    fn jobs_prefix(&self) -> String {
+        format!("{}/jobs/", self.prefix)
+    }
+
+    fn operations_prefix(&self, job: &JobId) -> String {
+        format!("{}/operations/{job}/", self.prefix)
+    }
+
+    fn operation_key(&self, job: &JobId, operation_id: &str) -> StoreResult<String> {
+        validate_name(operation_id).map_err(|detail| StoreError::InvalidLocation {
+            location: operation_id.to_string(),
+            detail: format!("operation id {detail}"),
+        })?;
+        Ok(format!("{}{operation_id}", self.operations_prefix(job)))
+    }
+
+    /// Runs `ops` if the fence holds and every compare in `compares` holds. Returns
+    /// whether `compares` held; a broken fence is an error.
+    async fn guarded(
+        &self,
+        compares: Vec<etcd::pb::etcdserverpb::Compare>,
+        ops: Vec<etcd::pb::etcdserverpb::RequestOp>,
+    ) -> StoreResult<bool> {
+        let mut compare = compares;
+        let mut failure = Vec::new();
+        if let Some(fence) = &self.fence {
+            compare.push(etcd::created_at(&fence.leader_key, fence.revision));
+            // Read the leader key on failure to tell a lost leadership from a lost race.
+            failure.push(etcd::get(&fence.leader_key));
+        }
+        let response = self
+            .client
+            .txn(etcd::pb::etcdserverpb::TxnRequest {
+                compare,
+                success: ops,
+                failure,
+            })
+            .await?;
+        if response.succeeded {
+            return Ok(true);
+        }
+        if let Some(fence) = &self.fence {
+            let holder = response
+                .responses
+                .first()
+                .and_then(|op| match &op.response {
+                    Some(etcd::pb::etcdserverpb::response_op::Response::ResponseRange(range)) => {
+                        range.kvs.first().map(|kv| kv.create_revision)
+                    }
+                    _ => None,
+                });
+            if holder != Some(fence.revision) {
+                return Err(StoreError::Unavailable(format!(
+                    "this server is no longer the leader (leadership {} lost), so it may \
+                     not write; the write was refused",
+                    fence.revision
+                )));
+            }
+        }
+        Ok(false)
+    }
+
+    /// Writes `value` at `key` under the fence.
+    async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
+        self.guarded(Vec::new(), vec![etcd::put(key, value, 0)])
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes `key` under the fence.
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.guarded(Vec::new(), vec![etcd::delete(key)])
+            .await
+            .map(|_| ())
+    }
+
+    /// Moves the counter of `job` with `next` (current next id) -> new next id, by
+    /// compare-and-swap; returns the old next id.
+    async fn update_counter(
+        &self,
+        job: &JobId,
+        next: impl Fn(u64) -> Option<u64>,
+    ) -> StoreResult<u64> {
+        let key = self.id_key(job);
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.client.get(&key).await?;
+            let (value, revision) = match &current {
+                Some(kv) => (parse_counter(&key, &kv.value)?, kv.mod_revision),
+                None => (1, 0),
+            };
+            let Some(new_value) = next(value) else {
+                return Ok(value);
+            };
+            let swapped = self
+                .guarded(
+                    vec![etcd::modified_at(&key, revision)],
+                    vec![etcd::put(&key, new_value.to_string().into_bytes(), 0)],
+                )
+                .await?;
+            if swapped {
+                return Ok(value);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the ID counter {key} kept changing under {CAS_ATTEMPTS} attempts to update it"
+        )))
+    }
+}
+
+fn parse_counter(key: &str, value: &[u8]) -> StoreResult<u64> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .filter(|&next| next >= 1)
+        .ok_or_else(|| StoreError::Corrupted {
+            path: key.to_string(),
+            detail: format!("the ID counter holds {value:?}, not a positive number"),
+        })
+}
+
+#[async_trait]
+impl IdCounterStore for EtcdStore {
+    async fn reserve(&self, job: &JobId, count: u64) -> StoreResult<CheckpointId> {
+        let first = self
+            .update_counter(job, |next| Some(next + count.max(1)))
+            .await?;
+        Ok(CheckpointId(first))
+    }
+
+    async fn advance_past(&self, job: &JobId, id: CheckpointId) -> StoreResult<()> {
+        self.update_counter(job, |next| (next <= id.0).then_some(id.0 + 1))
+            .await
+            .map(|_| ())
+    }
+
+    async fn remove(&self, job: &JobId) -> StoreResult<()> {
+        self.delete(&self.id_key(job)).await
+    }
+}
+
+#[async_trait]
+impl JobStore for EtcdStore {
+    async fn save(&self, record: &JobRecord) -> StoreResult<()> {
+        let key = format!("{}{}", self.jobs_prefix(), record.spec.job_id);
+        self.put(&key, codec::encode(RecordKind::Job, record)).await
+    }
+
+    async fn remove(&self, job: &JobId) -> StoreResult<()> {
+        self.delete(&format!("{}{job}", self.jobs_prefix())).await
+    }
+
+    async fn load_all(&self) -> StoreResult<LoadedJobs> {
+        let prefix = self.jobs_prefix();
+        let mut loaded = LoadedJobs::default();
+        for kv in self.client.get_prefix(&prefix).await? {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            let job_id = key[prefix.len()..].to_string();
+            match codec::decode::<JobRecord>(RecordKind::Job, &kv.value) {
+                Ok(record) if record.spec.job_id.as_str() == job_id => loaded.records.push(record),
+                Ok(record) => loaded.unreadable.push(UnreadableJob {
+                    job_id,
+                    error: StoreError::Corrupted {
+                        path: key,
+                        detail: format!("holds job {} under another job's key", record.spec.job_id),
+                    },
+                }),
+                Err(e) => loaded.unreadable.push(UnreadableJob {
+                    job_id,
+                    error: StoreError::Corrupted {
+                        path: key,
+                        detail: e.to_string(),
+                    },
+                }),
+            }
+        }
+        loaded
+            .records
+            .sort_by(|a, b| a.spec.job_id.cmp(&b.spec.job_id));
+        Ok(loaded)
+    }
+}
+
+#[async_trait]
+impl OperationStore for EtcdStore {
+    async fn save(&self, operation: &SavepointOperation) -> StoreResult<()> {
+        let key = self.operation_key(&operation.job_id, &operation.operation_id)?;
+        self.put(&key, codec::encode(RecordKind::Operation, operation))
+            .await
+    }
+
+    async fn load_all(&self, job: &JobId) -> StoreResult<Vec<SavepointOperation>> {
+        self.client
+            .get_prefix(&self.operations_prefix(job))
+            .await?
+            .into_iter()
+            .map(|kv| {
+                codec::decode(RecordKind::Operation, &kv.value).map_err(|e| StoreError::Corrupted {
+                    path: String::from_utf8_lossy(&kv.key).into_owned(),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn remove(&self, job: &JobId, operation_id: &str) -> StoreResult<()> {
+        self.delete(&self.operation_key(job, operation_id)?).await
+    }
+}

@@ -1,0 +1,309 @@
+//! The etcd store and the leader election against a real etcd (issue 5, items 1 and 2):
+//! ID counters under racing writers, job and operation records, fenced writes of a
+//! deposed leader, and leadership moving when the leader goes.
+
+mod common;
+
+use common::etcd::EtcdCluster;
+use savepoint_coordinator::coordinator::model::{
+    CheckpointId, CheckpointPolicy, JobId, JobSpec, JobStatus, OperationOutcome,
+    SavepointOperation, SavepointTrigger, VertexSpec,
+};
+use savepoint_coordinator::ha::election::{self, ElectionConfig, Role};
+use savepoint_coordinator::ha::etcd::{self, EtcdClient};
+use savepoint_coordinator::store::etcd::EtcdStore;
+use savepoint_coordinator::store::{
+    IdCounterStore, JobRecord, JobStore, OperationStore, StoreError,
+};
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::sync::watch;
+
+fn job(id: &str) -> JobId {
+    JobId::new(id)
+}
+
+fn record(id: &str, status: JobStatus) -> JobRecord {
+    JobRecord {
+        spec: JobSpec {
+            job_id: job(id),
+            vertices: vec![VertexSpec {
+                id: "src".to_string(),
+                parallelism: 2,
+                max_parallelism: 128,
+            }],
+            trigger_vertices: vec!["src".to_string()],
+            wait_for_vertices: vec!["src".to_string()],
+            commit_vertices: vec!["src".to_string()],
+            policy: CheckpointPolicy::default(),
+            savepoint_dir: None,
+            savepoint_policy: Default::default(),
+        },
+        status,
+        fencing_token: 42,
+    }
+}
+
+fn election_config(key: &str, address: &str) -> ElectionConfig {
+    ElectionConfig {
+        key: key.to_string(),
+        lease_ttl: Duration::from_secs(1),
+        advertise_address: address.to_string(),
+    }
+}
+
+/// Waits (bounded) until `role` satisfies `done`, returning it.
+async fn wait_for_role(role: &mut watch::Receiver<Role>, done: impl Fn(&Role) -> bool) -> Role {
+    tokio::time::timeout(Duration::from_secs(15), role.wait_for(|r| done(r)))
+        .await
+        .expect("role reached within 15 s")
+        .expect("election still running")
+        .clone()
+}
+
+#[tokio::test]
+async fn racing_writers_never_get_the_same_checkpoint_id() {
+    let cluster = EtcdCluster::start(1).await;
+    let stores: Vec<EtcdStore> = (0..4)
+        .map(|_| EtcdStore::new(cluster.client(), "/race", None))
+        .collect();
+    let job = job("raced");
+    let mut tasks = Vec::new();
+    for store in stores {
+        let job = job.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..25 {
+                let first = store.reserve(&job, 3).await.expect("reserve");
+                ids.extend((first.0..first.0 + 3).map(CheckpointId));
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let ids = task.await.unwrap();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "one writer's ids ascend: {ids:?}"
+        );
+        all.extend(ids);
+    }
+    let unique: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "an id was handed out twice");
+    assert_eq!(all.len(), 4 * 25 * 3);
+    assert_eq!(
+        *all.iter().min().unwrap(),
+        CheckpointId(1),
+        "counters start at 1"
+    );
+
+    // advance_past moves the counter only forward.
+    let store = EtcdStore::new(cluster.client(), "/race", None);
+    store.advance_past(&job, CheckpointId(1000)).await.unwrap();
+    assert_eq!(store.reserve(&job, 1).await.unwrap(), CheckpointId(1001));
+    store.advance_past(&job, CheckpointId(5)).await.unwrap();
+    assert_eq!(store.reserve(&job, 1).await.unwrap(), CheckpointId(1002));
+    IdCounterStore::remove(&store, &job).await.unwrap();
+    assert_eq!(store.reserve(&job, 1).await.unwrap(), CheckpointId(1));
+}
+
+#[tokio::test]
+async fn job_and_operation_records_round_trip_and_corruption_is_data_loss() {
+    let cluster = EtcdCluster::start(1).await;
+    let store = EtcdStore::new(cluster.client(), "/records", None);
+    JobStore::save(&store, &record("b-job", JobStatus::Running))
+        .await
+        .unwrap();
+    JobStore::save(&store, &record("a-job", JobStatus::Created))
+        .await
+        .unwrap();
+    let loaded = JobStore::load_all(&store).await.unwrap();
+    let ids: Vec<_> = loaded
+        .records
+        .iter()
+        .map(|r| r.spec.job_id.to_string())
+        .collect();
+    assert_eq!(ids, ["a-job", "b-job"]);
+    assert_eq!(loaded.records[1], record("b-job", JobStatus::Running));
+
+    let operation = SavepointOperation {
+        operation_id: "nightly-1".to_string(),
+        job_id: job("a-job"),
+        checkpoint_id: CheckpointId(7),
+        trigger: SavepointTrigger::Manual,
+        drain: false,
+        path: "s3://bucket/savepoints/savepoint-a-job-7".to_string(),
+        trigger_timestamp_ms: 1_000,
+        outcome: OperationOutcome::Completed {
+            completion_timestamp_ms: 1_050,
+            state_size_bytes: 99,
+        },
+    };
+    OperationStore::save(&store, &operation).await.unwrap();
+    assert_eq!(
+        OperationStore::load_all(&store, &job("a-job"))
+            .await
+            .unwrap(),
+        vec![operation.clone()]
+    );
+    assert!(
+        OperationStore::load_all(&store, &job("b-job"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    OperationStore::remove(&store, &job("a-job"), "nightly-1")
+        .await
+        .unwrap();
+    assert!(
+        OperationStore::load_all(&store, &job("a-job"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A damaged record is reported for its job and hides no other.
+    let client = cluster.client();
+    let damaged = etcd::pb::etcdserverpb::TxnRequest {
+        compare: Vec::new(),
+        success: vec![etcd::put(
+            "/records/jobs/b-job",
+            b"SPCM garbage".to_vec(),
+            0,
+        )],
+        failure: Vec::new(),
+    };
+    client.txn(damaged).await.unwrap();
+    let loaded = JobStore::load_all(&store).await.unwrap();
+    assert_eq!(loaded.records.len(), 1);
+    assert_eq!(loaded.unreadable.len(), 1);
+    assert_eq!(loaded.unreadable[0].job_id, "b-job");
+    assert!(matches!(
+        loaded.unreadable[0].error,
+        StoreError::Corrupted { .. }
+    ));
+
+    JobStore::remove(&store, &job("a-job")).await.unwrap();
+    assert!(JobStore::load_all(&store).await.unwrap().records.is_empty());
+}
+
+#[tokio::test]
+async fn one_leader_at_a_time_and_a_deposed_leaders_writes_are_refused() {
+    let cluster = EtcdCluster::start(1).await;
+    let key = "/fenced/leader";
+    let (stop_a, stop_a_rx) = watch::channel(false);
+    let (mut role_a, task_a) = election::campaign(
+        cluster.client(),
+        election_config(key, "10.0.0.1:1"),
+        stop_a_rx,
+    );
+    let first = wait_for_role(&mut role_a, |r| matches!(r, Role::Leader { .. })).await;
+    let fence_a = first.fence(key).expect("a leads");
+
+    let (stop_b, stop_b_rx) = watch::channel(false);
+    let (mut role_b, task_b) = election::campaign(
+        cluster.client(),
+        election_config(key, "10.0.0.2:1"),
+        stop_b_rx,
+    );
+    let seen = wait_for_role(&mut role_b, |r| {
+        matches!(r, Role::Follower { leader: Some(_) })
+    })
+    .await;
+    assert_eq!(
+        seen,
+        Role::Follower {
+            leader: Some("10.0.0.1:1".to_string())
+        },
+        "b follows a and knows its address"
+    );
+
+    let store_a = EtcdStore::new(cluster.client(), "/fenced", Some(fence_a.clone()));
+    JobStore::save(&store_a, &record("j", JobStatus::Running))
+        .await
+        .expect("the leader writes");
+    let first_id = store_a.reserve(&job("j"), 10).await.unwrap();
+
+    // a gives up (as at shutdown); b takes over with a larger fencing token.
+    stop_a.send(true).unwrap();
+    task_a.await.unwrap();
+    let second = wait_for_role(&mut role_b, |r| matches!(r, Role::Leader { .. })).await;
+    let fence_b = second.fence(key).unwrap();
+    assert!(
+        fence_b.revision > fence_a.revision,
+        "{fence_b:?} after {fence_a:?}"
+    );
+
+    // a's late writes fail and change nothing; b's go through.
+    let late = JobStore::save(&store_a, &record("j", JobStatus::Canceled)).await;
+    assert!(
+        matches!(&late, Err(StoreError::Unavailable(m)) if m.contains("no longer the leader")),
+        "{late:?}"
+    );
+    let late = store_a.reserve(&job("j"), 10).await;
+    assert!(late.is_err(), "a deposed leader reserved ids: {late:?}");
+    let store_b = EtcdStore::new(cluster.client(), "/fenced", Some(fence_b));
+    let loaded = JobStore::load_all(&store_b).await.unwrap();
+    assert_eq!(loaded.records[0].status, JobStatus::Running);
+    let next_id = store_b.reserve(&job("j"), 1).await.unwrap();
+    assert_eq!(
+        next_id,
+        CheckpointId(first_id.0 + 10),
+        "no id reused, none skipped"
+    );
+
+    stop_b.send(true).unwrap();
+    task_b.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crashed_leaders_lease_expires_and_another_replica_takes_over() {
+    let cluster = EtcdCluster::start(1).await;
+    let key = "/crash/leader";
+    let (_stop_a, stop_a_rx) = watch::channel(false);
+    let (mut role_a, task_a) =
+        election::campaign(cluster.client(), election_config(key, "a:1"), stop_a_rx);
+    wait_for_role(&mut role_a, |r| matches!(r, Role::Leader { .. })).await;
+    let (_stop_b, stop_b_rx) = watch::channel(false);
+    let (mut role_b, _task_b) =
+        election::campaign(cluster.client(), election_config(key, "b:1"), stop_b_rx);
+    wait_for_role(&mut role_b, |r| {
+        matches!(r, Role::Follower { leader: Some(_) })
+    })
+    .await;
+
+    // Aborting the task is the in-process kill -9: no revoke, the lease has to run out.
+    task_a.abort();
+    let crashed = tokio::time::Instant::now();
+    wait_for_role(&mut role_b, |r| matches!(r, Role::Leader { .. })).await;
+    let failover = crashed.elapsed();
+    println!("failover after a crashed leader: {failover:?} (lease TTL 1 s)");
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_client_keeps_working_while_a_minority_of_members_is_down() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let client: EtcdClient = cluster.client();
+    let store = EtcdStore::new(client.clone(), "/minority", None);
+    let mut ids = Vec::new();
+    ids.push(store.reserve(&job("m"), 1).await.unwrap());
+    for member in 0..3 {
+        cluster.kill(member);
+        for _ in 0..5 {
+            ids.push(
+                store
+                    .reserve(&job("m"), 1)
+                    .await
+                    .expect("reserve with a member down"),
+            );
+        }
+        cluster.restart(member);
+        cluster.wait_until_serving().await;
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
