@@ -20,6 +20,7 @@ use crate::proto::savepoint_service_server::SavepointServiceServer;
 use crate::proto::task_gateway_server::TaskGatewayServer;
 use crate::service::auth::{self, Authenticator, Role};
 use crate::service::convert::DEFAULT_MAX_INLINE_STATE_BYTES;
+use crate::service::gate::{Gate, GateState};
 use crate::service::message_limit::MessageLimitStatusLayer;
 use crate::service::{SavepointRpc, StreamRegistry, TaskGatewayLimits, TaskGatewayRpc};
 use crate::store::object::{BucketStore, S3Config};
@@ -38,6 +39,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+mod replica;
+pub use replica::HaConfig;
 
 /// HTTP/2 pings on idle connections, so a vanished task manager is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -167,6 +171,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Caller authentication and roles.
     pub auth: AuthConfig,
+    /// High availability: run as one of several replicas with a leader elected through
+    /// etcd, which then also holds ID counters, jobs and savepoint operations.
+    pub ha: Option<HaConfig>,
 }
 
 impl Default for ServerConfig {
@@ -184,6 +191,7 @@ impl Default for ServerConfig {
             max_requests_per_connection: 256,
             tls: None,
             auth: AuthConfig::default(),
+            ha: None,
         }
     }
 }
@@ -220,6 +228,9 @@ impl ServerConfig {
                     return invalid(setting, "must not be empty".into());
                 }
             }
+        }
+        if let Some(ha) = &self.ha {
+            ha.validate()?;
         }
         let client_ca = self.tls.as_ref().and_then(|tls| tls.client_ca.as_ref());
         if self.auth.cert_roles.is_some() && client_ca.is_none() {
@@ -326,10 +337,17 @@ pub enum ServerError {
     /// The gRPC transport failed while serving.
     #[error("serving gRPC failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The task serving gRPC panicked or was cancelled.
+    #[error("the gRPC server task ended: {0}")]
+    ServerTask(String),
+    /// Leader election could not be set up (high availability).
+    #[error("high availability: {0}")]
+    Ha(String),
 }
 
 /// Runs the server on `listener` until `shutdown` resolves, then drains (see the module
 /// documentation). Returns Ok after a shutdown, also if the drain had to be cut short.
+/// With [`ServerConfig::ha`] set it runs as one replica of several (see [`replica`]).
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
@@ -344,12 +362,15 @@ pub async fn run(
              acknowledgements are refused by the message size limit instead"
         );
     }
+    if config.ha.is_some() {
+        return replica::run(config, listener, shutdown).await;
+    }
     let stores = config.open_stores()?;
     run_with_stores(config, stores, listener, shutdown).await
 }
 
-/// Like [`run`], on the given stores instead of the ones `config` names (tests wrap
-/// them to inject faults).
+/// Like [`run`] without high availability, on the given stores instead of the ones
+/// `config` names (tests wrap them to inject faults).
 pub async fn run_with_stores(
     config: ServerConfig,
     stores: Stores,
@@ -357,145 +378,276 @@ pub async fn run_with_stores(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let default_savepoint_dir = config.savepoint_dir()?;
-    // A default the savepoint store cannot write to would fail every savepoint later.
-    stores
-        .savepoints
-        .savepoint_path(
-            &default_savepoint_dir,
-            &crate::coordinator::model::JobId::new("check"),
-            crate::coordinator::model::CheckpointId(1),
-        )
-        .map_err(|e| ServerError::InvalidConfig {
-            setting: "default_savepoint_dir",
-            detail: e.to_string(),
-        })?;
-    let tls = config.tls.as_ref().map(TlsConfig::load).transpose()?;
     let authenticator = config.auth.load()?.map(Arc::new);
-    warn_about_security(&config, &listener, authenticator.as_deref());
-    let registry = Arc::new(StreamRegistry::new());
-    let coordinator = Coordinator::new(
-        stores,
-        registry.clone(),
-        Arc::new(TokioClock::new()),
-        CoordinatorConfig {
-            default_savepoint_dir,
-            id_block_size: config.id_block_size,
-            extra_savepoint_roots: config.extra_savepoint_roots()?,
-            ..CoordinatorConfig::default()
-        },
-    );
-    let jobs = coordinator.recover().await.map_err(ServerError::Recovery)?;
-    tracing::info!(
-        jobs,
-        data_dir = %config.data_dir.display(),
-        object_store = config.object_store.as_ref().map(|o| o.url.as_str()),
-        "recovered jobs of earlier runs"
-    );
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-
-    let (stop_streams, streams_stopped) = watch::channel(false);
-    let limits = TaskGatewayLimits {
-        max_inline_state_bytes: config.max_inline_state_bytes,
-        stream_buffer: config.stream_buffer,
+    // Recovered before serving, so that the first call already finds every job.
+    let term = Term::open(&config, stores, 0, authenticator.clone()).await?;
+    let initial = GateState::Open(term.services.clone());
+    let mut server = Serving::start(&config, listener, authenticator, initial).await?;
+    tokio::pin!(shutdown);
+    let ended = tokio::select! {
+        served = server.stopped() => Some(served),
+        () = &mut shutdown => None,
     };
-    let savepoints = SavepointServiceServer::new(SavepointRpc::new(coordinator.clone()))
+    if let Some(served) = ended {
+        // Only a transport failure ends serving before the shutdown signal.
+        term.close();
+        return served;
+    }
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    server.close("the server is shutting down", None).await;
+    term.close();
+    server.drain(config.shutdown_grace).await
+}
+
+/// The services of one term's coordinator, as the gate hands them out.
+#[derive(Clone)]
+struct TermServices {
+    savepoints: SavepointService,
+    task_gateway: TaskGatewayService,
+}
+
+type SavepointService = InterceptedService<SavepointServiceServer<SavepointRpc>, auth::Guard>;
+type TaskGatewayService = InterceptedService<TaskGatewayServer<TaskGatewayRpc>, auth::Guard>;
+
+/// One coordinator's life: the whole run of a single server, or one leadership term of
+/// a replica. Closing it fails what is pending and ends every task manager stream (task
+/// managers reconnect, through the Service, to whoever leads next).
+struct Term {
+    coordinator: Coordinator,
+    registry: Arc<StreamRegistry>,
+    stop_streams: watch::Sender<bool>,
+    services: TermServices,
+}
+
+impl Term {
+    /// A coordinator on `stores` with the jobs of earlier runs (or terms) recovered.
+    /// `leader_epoch` (the fencing token of the leadership, 0 without HA) goes into
+    /// every message to task managers.
+    async fn open(
+        config: &ServerConfig,
+        stores: Stores,
+        leader_epoch: u64,
+        authenticator: Option<Arc<Authenticator>>,
+    ) -> Result<Term, ServerError> {
+        let default_savepoint_dir = config.savepoint_dir()?;
+        // A default the savepoint store cannot write to would fail every savepoint later.
+        stores
+            .savepoints
+            .savepoint_path(
+                &default_savepoint_dir,
+                &crate::coordinator::model::JobId::new("check"),
+                crate::coordinator::model::CheckpointId(1),
+            )
+            .map_err(|e| ServerError::InvalidConfig {
+                setting: "default_savepoint_dir",
+                detail: e.to_string(),
+            })?;
+        let registry = Arc::new(StreamRegistry::with_leader_epoch(leader_epoch));
+        let coordinator = Coordinator::new(
+            stores,
+            registry.clone(),
+            Arc::new(TokioClock::new()),
+            CoordinatorConfig {
+                default_savepoint_dir,
+                id_block_size: config.id_block_size,
+                extra_savepoint_roots: config.extra_savepoint_roots()?,
+                ..CoordinatorConfig::default()
+            },
+        );
+        let jobs = coordinator.recover().await.map_err(ServerError::Recovery)?;
+        tracing::info!(
+            jobs,
+            leader_epoch,
+            data_dir = %config.data_dir.display(),
+            object_store = config.object_store.as_ref().map(|o| o.url.as_str()),
+            "recovered jobs of earlier runs"
+        );
+        let (stop_streams, streams_stopped) = watch::channel(false);
+        let limits = TaskGatewayLimits {
+            max_inline_state_bytes: config.max_inline_state_bytes,
+            stream_buffer: config.stream_buffer,
+        };
+        let savepoints = SavepointServiceServer::new(SavepointRpc::new(coordinator.clone()))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        let task_gateway = TaskGatewayServer::new(TaskGatewayRpc::new(
+            coordinator.clone(),
+            registry.clone(),
+            limits,
+            streams_stopped,
+        ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let savepoints = InterceptedService::new(
-        savepoints,
-        auth::Guard::new(authenticator.clone(), Role::Client),
-    );
-    let task_gateway = TaskGatewayServer::new(TaskGatewayRpc::new(
-        coordinator.clone(),
-        registry.clone(),
-        limits,
-        streams_stopped,
-    ))
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
-    let task_gateway = InterceptedService::new(
-        task_gateway,
-        auth::Guard::new(authenticator, Role::TaskManager),
-    );
-
-    let address = listener
-        .local_addr()
-        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
-    // The builder's TCP options only apply to listeners tonic binds itself.
-    let incoming = TcpListenerStream::new(listener).map(|accepted| {
-        accepted.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
+        let services = TermServices {
+            savepoints: InterceptedService::new(
+                savepoints,
+                auth::Guard::new(authenticator.clone(), Role::Client),
+            ),
+            task_gateway: InterceptedService::new(
+                task_gateway,
+                auth::Guard::new(authenticator, Role::TaskManager),
+            ),
+        };
+        Ok(Term {
+            coordinator,
+            registry,
+            stop_streams,
+            services,
         })
-    });
-    let (stop_serving, serving_stopped) = oneshot::channel::<()>();
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| ServerError::InvalidConfig {
-                setting: "tls",
-                detail: format!("the certificate, key or client CA is unusable: {e:?}"),
-            })?;
     }
-    let serving = builder
-        .concurrency_limit_per_connection(config.max_requests_per_connection)
-        .load_shed(true)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_nodelay(true)
-        .layer(MessageLimitStatusLayer)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(savepoints)
-        .add_service(task_gateway)
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = serving_stopped.await;
-        });
-    tokio::pin!(serving);
-    tokio::pin!(shutdown);
-    tracing::info!(%address, "serving");
 
-    tokio::select! {
-        served = &mut serving => {
-            // Only a transport failure ends serving before the shutdown signal.
-            coordinator.shutdown();
-            registry.close_all();
-            return served.map_err(ServerError::from);
+    /// Fails everything pending and ends every stream; completed snapshots stay.
+    fn close(self) {
+        self.coordinator.shutdown();
+        let _ = self.stop_streams.send(true);
+        self.registry.close_all();
+        let dropped = self.registry.dropped_messages();
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "messages to task managers were dropped during this term"
+            );
         }
-        () = &mut shutdown => {}
+    }
+}
+
+/// The gRPC server itself: health, reflection and the gated coordinator services on one
+/// listener, independent of the terms that come and go behind the gate.
+struct Serving {
+    health: HealthReporter,
+    gate: watch::Sender<GateState<TermServices>>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl Serving {
+    /// Starts serving with the gate in its `initial` state, health SERVING if open.
+    async fn start(
+        config: &ServerConfig,
+        listener: TcpListener,
+        authenticator: Option<Arc<Authenticator>>,
+        initial: GateState<TermServices>,
+    ) -> Result<Serving, ServerError> {
+        let tls = config.tls.as_ref().map(TlsConfig::load).transpose()?;
+        warn_about_security(config, &listener, authenticator.as_deref());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let status = match initial {
+            GateState::Open(_) => ServingStatus::Serving,
+            GateState::Closed { .. } => ServingStatus::NotServing,
+        };
+        set_health(&health, status).await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let (gate, gate_state) = watch::channel(initial);
+        let savepoints = Gate::new(gate_state.clone(), |t: &TermServices| t.savepoints.clone());
+        let task_gateway = Gate::new(gate_state, |t: &TermServices| t.task_gateway.clone());
+
+        let address = listener
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+        // The builder's TCP options only apply to listeners tonic binds itself.
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            accepted.and_then(|stream| {
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            })
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| ServerError::InvalidConfig {
+                    setting: "tls",
+                    detail: format!("the certificate, key or client CA is unusable: {e:?}"),
+                })?;
+        }
+        let serving = builder
+            .concurrency_limit_per_connection(config.max_requests_per_connection)
+            .load_shed(true)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .tcp_nodelay(true)
+            .layer(MessageLimitStatusLayer)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(savepoints)
+            .add_service(task_gateway)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            });
+        tracing::info!(%address, "serving");
+        let task = tokio::spawn(async move { serving.await.map_err(ServerError::from) });
+        Ok(Serving {
+            health,
+            gate,
+            stop,
+            task,
+        })
     }
 
-    tracing::info!(grace = ?config.shutdown_grace, "shutting down");
-    set_health(&health, ServingStatus::NotServing).await;
-    end_health_watches(health).await;
-    coordinator.shutdown();
-    let _ = stop_streams.send(true);
-    registry.close_all();
-    let _ = stop_serving.send(());
-    match tokio::time::timeout(config.shutdown_grace, &mut serving).await {
-        Ok(Ok(())) => tracing::info!("stopped"),
-        Ok(Err(error)) => tracing::warn!("transport error while draining: {error}"),
-        Err(_) => tracing::warn!(
-            grace = ?config.shutdown_grace,
-            "connections still open after the shutdown grace period; stopped without them"
-        ),
+    /// Lets requests through to `term` and reports SERVING.
+    async fn open(&self, term: &Term) {
+        self.gate
+            .send_replace(GateState::Open(term.services.clone()));
+        set_health(&self.health, ServingStatus::Serving).await;
     }
-    let dropped = registry.dropped_messages();
-    if dropped > 0 {
-        tracing::info!(
-            dropped,
-            "messages to task managers were dropped during this run"
-        );
+
+    /// Refuses requests (naming `leader` if known) and reports NOT_SERVING.
+    async fn close(&self, reason: &str, leader: Option<String>) {
+        self.gate.send_replace(GateState::Closed {
+            reason: reason.to_string(),
+            leader,
+        });
+        set_health(&self.health, ServingStatus::NotServing).await;
     }
-    Ok(())
+
+    /// Updates the leader a closed gate names.
+    fn name_leader(&self, reason: &str, leader: Option<String>) {
+        self.gate.send_if_modified(|state| match state {
+            GateState::Closed {
+                leader: current, ..
+            } if *current == leader => false,
+            GateState::Closed { .. } => {
+                *state = GateState::Closed {
+                    reason: reason.to_string(),
+                    leader: leader.clone(),
+                };
+                true
+            }
+            GateState::Open(_) => false,
+        });
+    }
+
+    /// Resolves only if serving ends by itself (a transport failure).
+    async fn stopped(&mut self) -> Result<(), ServerError> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(error) => Err(ServerError::ServerTask(error.to_string())),
+        }
+    }
+
+    /// Ends health watches, stops accepting and lets open calls finish within `grace`.
+    async fn drain(self, grace: Duration) -> Result<(), ServerError> {
+        end_health_watches(self.health).await;
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(grace, &mut task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("stopped"),
+            Ok(Ok(Err(error))) => tracing::warn!("transport error while draining: {error}"),
+            Ok(Err(error)) => tracing::warn!("the server task failed: {error}"),
+            Err(_) => {
+                task.abort();
+                tracing::warn!(
+                    ?grace,
+                    "connections still open after the shutdown grace period; stopped without them"
+                )
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Says, once at start, what an insecure configuration exposes.

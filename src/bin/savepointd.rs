@@ -5,10 +5,11 @@
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use savepoint_coordinator::server::{self, AuthConfig, ServerConfig, TlsConfig};
+use savepoint_coordinator::server::{self, AuthConfig, HaConfig, ServerConfig, TlsConfig};
 use savepoint_coordinator::store::object::S3Config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -124,6 +125,36 @@ struct Args {
     /// every RPC: for loopback and development only.
     #[arg(long, env = "SAVEPOINTD_CERT_ROLES", requires = "tls_client_ca")]
     cert_roles: Option<PathBuf>,
+
+    /// High availability: client endpoints of an etcd cluster (host:port, repeat the flag
+    /// or separate with commas). Replicas with the same endpoints and --etcd-prefix elect
+    /// one leader; the others report NOT_SERVING and answer UNAVAILABLE naming it. ID
+    /// counters, jobs and savepoint operations then live in etcd; use --object-store-url
+    /// for the snapshots so that every replica reads them.
+    #[arg(
+        long = "etcd-endpoint",
+        env = "SAVEPOINTD_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    etcd_endpoints: Vec<String>,
+
+    /// Key prefix in etcd for this coordinator's records and leader key.
+    #[arg(
+        long,
+        env = "SAVEPOINTD_ETCD_PREFIX",
+        default_value = "/savepoint-coordinator"
+    )]
+    etcd_prefix: String,
+
+    /// Seconds a leader's lease lives without being refreshed: a crashed leader is
+    /// replaced after about this long (at least 1).
+    #[arg(long, env = "SAVEPOINTD_LEADER_LEASE_SECS", default_value_t = 5)]
+    leader_lease_secs: u64,
+
+    /// The address clients reach this replica at (host:port), which followers name as
+    /// the leader's; defaults to the --listen address (set it behind NAT or in a pod).
+    #[arg(long, env = "SAVEPOINTD_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -177,6 +208,12 @@ async fn main() -> anyhow::Result<()> {
             tokens: args.auth_tokens,
             cert_roles: args.cert_roles,
         },
+        ha: (!args.etcd_endpoints.is_empty()).then(|| HaConfig {
+            etcd_endpoints: args.etcd_endpoints,
+            etcd_prefix: args.etcd_prefix,
+            lease_ttl: Duration::from_secs(args.leader_lease_secs),
+            advertise_address: args.advertise_address,
+        }),
         ..ServerConfig::default()
     };
     config.validate().context("invalid configuration")?;

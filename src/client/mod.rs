@@ -137,9 +137,26 @@ fn uri_of(address: &str, scheme: &str) -> String {
     }
 }
 
+/// How long opening the TCP connection to the server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often an open connection is pinged.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn endpoint(address: &str, uri: &str) -> Result<Endpoint, ClientError> {
     Endpoint::from_shared(uri.to_string())
-        .map(|endpoint| endpoint.tcp_nodelay(true))
+        .map(|endpoint| {
+            endpoint
+                .tcp_nodelay(true)
+                .connect_timeout(CONNECT_TIMEOUT)
+                // HTTP/2 pings notice a server that hangs (frozen, cut off) with the
+                // connection still open, so a task manager's stream ends and it can
+                // reconnect to the new leader instead of waiting forever.
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+        })
         .map_err(|source| ClientError::InvalidAddress {
             address: address.to_string(),
             source,

@@ -345,6 +345,15 @@ impl Simulation {
         self.progress.clone()
     }
 
+    /// The leader epoch the server welcomed the task managers with (the largest one).
+    pub fn leader_epoch(&self) -> u64 {
+        self.sessions
+            .iter()
+            .map(TaskManagerSession::leader_epoch)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Acknowledges every barrier until `shutdown` resolves or a stream ends, then closes
     /// every stream (the coordinator then treats the tasks as lost).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> SimulationSummary {
@@ -702,5 +711,146 @@ mod tests {
             assert!(error.to_string().contains(setting), "{error}");
         }
         assert!(Simulator::new(config(3)).is_ok());
+    }
+}
+
+/// Reconnect delays: exponential from [`Backoff::FIRST`] up to [`Backoff::MAX`], each
+/// with up to half of it added at random, so task managers that lost the same leader do
+/// not all come back in the same instant.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(50);
+    pub const MAX: Duration = Duration::from_secs(2);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::FIRST }
+    }
+
+    /// The delay before the next attempt; doubles the one after.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        base + base.mul_f64(jitter_fraction() / 2.0)
+    }
+
+    /// Back to the first delay, after a successful connection.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+/// A number in [0, 1) that differs from call to call (std's randomly keyed hasher over
+/// a counter: jitter needs no cryptographic randomness).
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What [`simulate_reconnecting`] did over all its connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconnectingSummary {
+    /// Connections of the whole simulated cluster that were made (1 + reconnects).
+    pub connections: u64,
+    /// Attempts to connect that failed (no leader, a server down, ...).
+    pub failed_attempts: u64,
+    /// Counts summed over every connection.
+    pub counts: SimulationCounts,
+    /// The largest leader epoch seen; a reconnect never goes back below it.
+    pub leader_epoch: u64,
+}
+
+/// Runs the simulated task managers against whichever of `servers` (addresses of the
+/// replicas, or one Service address) accepts them, until `shutdown` resolves. When a
+/// stream ends (the leader changed or went away) every task manager disconnects and the
+/// cluster reconnects after a [`Backoff`]; a server whose leader epoch is lower than one
+/// already seen (a deposed leader) is passed over.
+pub async fn simulate_reconnecting(
+    servers: &[String],
+    config: SimulatorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ReconnectingSummary, SimulatorError> {
+    Simulator::new(config.clone())?;
+    tokio::pin!(shutdown);
+    let mut summary = ReconnectingSummary::default();
+    let mut backoff = Backoff::new();
+    let mut next_server = 0;
+    loop {
+        let server = &servers[next_server % servers.len()];
+        next_server += 1;
+        let connecting = async {
+            let channel =
+                super::connect(server)
+                    .await
+                    .map_err(|source| SimulatorError::Connect {
+                        task_manager_id: format!("(all, to {server})"),
+                        source,
+                    })?;
+            Simulator::new(config.clone())?.connect(channel).await
+        };
+        let connected = tokio::select! {
+            // Bounded: a server that hangs (frozen, cut off) must not hold the cluster.
+            connected = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => {
+                connected.unwrap_or_else(|_| Err(SimulatorError::ConnectTimeout {
+                    task_manager_id: format!("(all, to {server})"),
+                }))
+            }
+            () = &mut shutdown => return Ok(summary),
+        };
+        let simulation = match connected {
+            Ok(simulation) if simulation.leader_epoch() >= summary.leader_epoch => simulation,
+            Ok(stale) => {
+                tracing::warn!(
+                    server,
+                    epoch = stale.leader_epoch(),
+                    seen = summary.leader_epoch,
+                    "passing over a deposed leader"
+                );
+                summary.failed_attempts += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(server, "simulated task managers could not connect: {error}");
+                summary.failed_attempts += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        summary.connections += 1;
+        summary.leader_epoch = simulation.leader_epoch();
+        // The same server first when reconnecting: it may just have restarted.
+        next_server -= 1;
+        let ended = simulation.run(&mut shutdown).await;
+        summary.counts.add(&ended.counts);
+        if ended.end == SimulationEnd::Shutdown {
+            return Ok(summary);
+        }
+        tracing::info!(server, end = ?ended.end, "simulated task managers lost their streams; reconnecting");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+impl SimulationCounts {
+    fn add(&mut self, other: &SimulationCounts) {
+        self.triggers += other.triggers;
+        self.acks += other.acks;
+        self.notifications += other.notifications;
+        self.aborts += other.aborts;
+        self.stream_errors += other.stream_errors;
+        self.missed_barriers += other.missed_barriers;
     }
 }

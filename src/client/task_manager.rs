@@ -29,6 +29,9 @@ pub struct TaskManagerSession {
     accepted_tasks: u32,
     refusals: Vec<proto::StreamError>,
     early: VecDeque<Downward>,
+    /// The leadership epoch the Welcome carried; messages of an older one are dropped.
+    leader_epoch: u64,
+    stale_messages: u64,
 }
 
 impl TaskManagerSession {
@@ -58,10 +61,11 @@ impl TaskManagerSession {
             .await?
             .into_inner();
         let offered = tasks_offered;
-        let accepted_tasks = match inbound.message().await? {
+        let (accepted_tasks, leader_epoch) = match inbound.message().await? {
             Some(proto::CoordinatorMessage {
                 message: Some(FromCoordinator::Welcome(welcome)),
-            }) => welcome.accepted_tasks,
+                leader_epoch,
+            }) => (welcome.accepted_tasks, leader_epoch),
             Some(other) => {
                 return Err(ClientError::Protocol(format!(
                     "expected Welcome as the first message, got {other:?}"
@@ -78,10 +82,12 @@ impl TaskManagerSession {
             match inbound.message().await? {
                 Some(proto::CoordinatorMessage {
                     message: Some(FromCoordinator::Error(error)),
+                    ..
                 }) => refusals.push(error),
-                Some(proto::CoordinatorMessage { message: None }) => {}
+                Some(proto::CoordinatorMessage { message: None, .. }) => {}
                 Some(proto::CoordinatorMessage {
                     message: Some(other),
+                    ..
                 }) => {
                     if early.len() >= MAX_EARLY_MESSAGES {
                         return Err(ClientError::Protocol(format!(
@@ -101,7 +107,21 @@ impl TaskManagerSession {
             accepted_tasks,
             refusals,
             early,
+            leader_epoch,
+            stale_messages: 0,
         })
+    }
+
+    /// The fencing token of the leader this stream is connected to (0 without high
+    /// availability). A task manager that reconnects after a leader change can compare
+    /// it with the previous session's to make sure it never goes back to a deposed one.
+    pub fn leader_epoch(&self) -> u64 {
+        self.leader_epoch
+    }
+
+    /// Messages dropped because they carried an older leader epoch than the Welcome.
+    pub fn stale_messages(&self) -> u64 {
+        self.stale_messages
     }
 
     /// The id this session said Hello with.
@@ -128,9 +148,15 @@ impl TaskManagerSession {
         loop {
             match self.inbound.message().await? {
                 None => return Ok(None),
-                Some(proto::CoordinatorMessage { message: None }) => continue,
+                Some(proto::CoordinatorMessage { message: None, .. }) => continue,
+                Some(proto::CoordinatorMessage { leader_epoch, .. })
+                    if leader_epoch < self.leader_epoch =>
+                {
+                    self.stale_messages += 1
+                }
                 Some(proto::CoordinatorMessage {
                     message: Some(message),
+                    ..
                 }) => return Ok(Some(message)),
             }
         }

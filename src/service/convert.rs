@@ -661,6 +661,8 @@ pub fn task_message_to_proto(message: TaskMessage) -> proto::CoordinatorMessage 
     };
     proto::CoordinatorMessage {
         message: Some(message),
+        // Stamped by the stream registry of the term that sends it.
+        leader_epoch: 0,
     }
 }
 

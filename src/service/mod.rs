@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod convert;
 pub mod error;
+pub mod gate;
 pub mod message_limit;
 pub mod savepoint_service;
 pub mod stream_gateway;

@@ -33,12 +33,22 @@ pub struct StreamRegistry {
     sessions: Mutex<HashMap<TaskManagerId, Session>>,
     closed: AtomicBool,
     dropped: AtomicU64,
+    /// Stamped on every message (see `CoordinatorMessage.leader_epoch`).
+    leader_epoch: u64,
 }
 
 impl StreamRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry for the leadership term with fencing token `leader_epoch`.
+    pub fn with_leader_epoch(leader_epoch: u64) -> Self {
+        StreamRegistry {
+            leader_epoch,
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<TaskManagerId, Session>> {
@@ -102,6 +112,11 @@ impl StreamRegistry {
         self.deliver(tm, &sender, message)
     }
 
+    /// The leadership epoch stamped on every message.
+    pub fn leader_epoch(&self) -> u64 {
+        self.leader_epoch
+    }
+
     /// Messages dropped so far because a stream was full or already closed.
     pub fn dropped_messages(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -116,8 +131,9 @@ impl StreamRegistry {
         &self,
         tm: &TaskManagerId,
         sender: &StreamSender,
-        message: proto::CoordinatorMessage,
+        mut message: proto::CoordinatorMessage,
     ) -> bool {
+        message.leader_epoch = self.leader_epoch;
         let why = match sender.try_send(Ok(message)) {
             Ok(()) => return true,
             Err(TrySendError::Full(_)) => "its stream buffer is full (it does not keep up)",

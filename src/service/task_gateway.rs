@@ -169,6 +169,7 @@ impl StreamSession {
             self.generation,
             proto::CoordinatorMessage {
                 message: Some(proto::coordinator_message::Message::Error(error)),
+                leader_epoch: 0,
             },
         );
     }
@@ -363,6 +364,7 @@ impl TaskGateway for TaskGatewayRpc {
             message: Some(proto::coordinator_message::Message::Welcome(
                 proto::Welcome { accepted_tasks },
             )),
+            leader_epoch: self.registry.leader_epoch(),
         };
         tracing::info!(task_manager = %tm, generation, accepted_tasks, offered, "task manager connected");
         tokio::spawn(session.run(inbound, self.shutdown.clone()));

@@ -231,6 +231,17 @@ impl Stores {
         }
     }
 
+    /// These stores with the metadata roles (ID counters, jobs, operations) served by
+    /// `metadata` instead, e.g. etcd for replicas of a highly available coordinator.
+    pub fn with_metadata(self, metadata: MetadataStores) -> Stores {
+        Stores {
+            ids: metadata.ids,
+            jobs: metadata.jobs,
+            operations: metadata.operations,
+            ..self
+        }
+    }
+
     /// Every role served by one backend.
     pub fn all_in<S>(store: Arc<S>) -> Stores
     where
