@@ -320,6 +320,11 @@ impl Coordinator {
                 }
             }
             let savepoints = self.inner.stores.savepoints.list(&job.id).await;
+            // Knowing where this run's IDs begin tells late acks of the last run apart
+            // from acks of IDs not issued yet (see `AckDecision::UnknownCheckpoint`).
+            if let Err(error) = job.ids.prime().await {
+                tracing::warn!(job_id = %job.id, "reserving checkpoint ids at recovery failed: {error}");
+            }
             let mut effects = Effects::default();
             {
                 let mut state = job.lock();
@@ -729,18 +734,29 @@ impl Coordinator {
         let decision =
             job.lock()
                 .acknowledge(ack.checkpoint_id, ack.attempt_id, ack.handles, now_ms);
+        let owned_location = || {
+            self.inner
+                .stores
+                .owned_state
+                .checkpoint_location(&job.id, ack.checkpoint_id)
+        };
         Ok(match decision {
             AckDecision::Recorded => AckOutcome::Recorded,
             AckDecision::Duplicate => AckOutcome::Duplicate,
-            AckDecision::UnknownCheckpoint => AckOutcome::UnknownCheckpoint,
+            AckDecision::UnknownCheckpoint { handles } => {
+                // An id this run may still issue is left alone: its tasks will write
+                // their state under that location once it is triggered.
+                if job.ids.from_earlier_run(ack.checkpoint_id) {
+                    self.discard_later(owned_location(), handles);
+                }
+                AckOutcome::UnknownCheckpoint
+            }
             AckDecision::Discard {
                 late,
                 location,
                 handles,
             } => {
-                if let Some(location) = location {
-                    self.discard_later(location, handles);
-                }
+                self.discard_later(location.unwrap_or_else(owned_location), handles);
                 if late {
                     AckOutcome::Late
                 } else {

@@ -1064,6 +1064,113 @@ async fn late_ack_after_completion_discards_state_the_snapshot_does_not_referenc
 }
 
 #[tokio::test(start_paused = true)]
+async fn late_ack_for_a_forgotten_checkpoint_discards_only_unreferenced_owned_state() {
+    let h = Harness::started(policy()).await;
+    let first = h.checkpoint().await;
+    h.ack_all(1);
+    first.wait().await.unwrap();
+    // 257 failed checkpoints push 1 and 2 out of the remembered locations.
+    for id in 2..=258 {
+        let handle = h.checkpoint().await;
+        assert_eq!(handle.checkpoint_id, CheckpointId(id));
+        assert!(h.decline(id, SRC0, "busy"));
+        expect_failure(handle.wait().await, FailureReason::Declined);
+    }
+    settle().await;
+    assert_eq!(h.discarded(), Vec::<String>::new());
+
+    let failed = h.location(2);
+    let mut handles = state(SRC1, &failed);
+    handles.extend(reference("elsewhere", "/elsewhere/state", 3));
+    handles.push(inline("small", "bytes"));
+    assert_eq!(h.ack(2, SRC1, handles), AckOutcome::Late);
+    // Checkpoint 1 is retained: the state it references stays, a stray file goes.
+    let retained = h.location(1);
+    let mut handles = state(SRC0, &retained);
+    handles.extend(reference("stray", &format!("{retained}/stray"), 1));
+    assert_eq!(h.ack(1, SRC0, handles), AckOutcome::Late);
+    settle().await;
+    assert_eq!(
+        h.discarded(),
+        vec![
+            format!("{failed}/state-{SRC1}"),
+            format!("{retained}/stray")
+        ]
+    );
+    let stored = h.stores.checkpoints.load_all(&job_id(JOB)).await.unwrap();
+    assert_eq!(stored_checkpoint_ids(&stored), vec![1]);
+    assert_eq!(
+        stored[0].vertices,
+        standard_vertices(|a| state(a, &retained))
+    );
+    assert_eq!(h.stats().discarded_acks, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ack_for_a_checkpoint_of_the_previous_run_discards_its_owned_state_after_a_restart() {
+    let memory = Arc::new(MemoryStore::default());
+    let mut first = Harness::on(Stores::all_in(memory.clone()), Some(memory.clone()));
+    first.register(standard_spec(JOB, policy())).await;
+    first.connect();
+    first.register_all(TaskState::Running);
+    first.set_status(JobStatus::Running).await;
+    let retained = first.checkpoint().await;
+    first.ack_all(1);
+    retained.wait().await.unwrap();
+    let _in_flight = first.checkpoint().await;
+    assert_eq!(
+        first.ack(2, SRC0, state(SRC0, &first.location(2))),
+        AckOutcome::Recorded
+    );
+    // The server dies with checkpoint 2 pending: nothing of it is persisted.
+    drop(first);
+
+    let second = Harness::on(Stores::all_in(memory.clone()), Some(memory));
+    assert_eq!(second.coordinator.recover().await.unwrap(), 1);
+    // 2 is above every id the new run knows of, but was issued by the previous run.
+    let location = second.location(2);
+    let mut handles = state(SRC1, &location);
+    handles.extend(reference("elsewhere", "/elsewhere/state", 3));
+    assert_eq!(second.ack(2, SRC1, handles), AckOutcome::UnknownCheckpoint);
+    // The retained checkpoint's own state is not touched by a repeated ack.
+    assert_eq!(
+        second.ack(1, SRC0, state(SRC0, &second.location(1))),
+        AckOutcome::Late
+    );
+    settle().await;
+    assert_eq!(second.discarded(), vec![format!("{location}/state-{SRC1}")]);
+    assert_eq!(second.stats().discarded_acks, 2);
+    let restored = second
+        .coordinator
+        .restore_latest_checkpoint(JOB, false)
+        .await
+        .expect("the retained checkpoint is restorable");
+    assert_eq!(restored.checkpoint_id, CheckpointId(1));
+    assert_eq!(
+        restored.mapping.assignments[0].handles,
+        state(SRC0, &second.location(1))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ack_for_an_id_not_issued_yet_leaves_that_location_alone() {
+    let h = Harness::started(policy()).await;
+    // A confused task acks checkpoint 1 before it exists; the real one writes the same file.
+    let location = h.location(1);
+    assert_eq!(
+        h.ack(1, SRC0, state(SRC0, &location)),
+        AckOutcome::UnknownCheckpoint
+    );
+    settle().await;
+    let handle = h.checkpoint().await;
+    assert_eq!(handle.checkpoint_id, CheckpointId(1));
+    assert_eq!(h.ack_all(1)[4], AckOutcome::Completing);
+    handle.wait().await.unwrap();
+    settle().await;
+    assert_eq!(h.discarded(), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
 async fn duplicate_ack_changes_nothing() {
     let h = Harness::started(policy()).await;
     let handle = h.checkpoint().await;
