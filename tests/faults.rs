@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    Acks, Cluster, TestServer, failure_reason, job, policy, register, set_status, stats,
-    trigger_savepoint, within,
+    Acks, Cluster, TestServer, eventually, failure_reason, job, policy, register, set_status,
+    stats, status_changes, trigger_savepoint, within,
 };
 use savepoint_coordinator::coordinator::model::JobId;
 use savepoint_coordinator::proto;
@@ -94,6 +94,86 @@ fn failed_checkpoint_id(stats: &proto::GetCheckpointStatsResponse) -> u64 {
         .as_ref()
         .map(|s| s.checkpoint_id)
         .expect("a failed snapshot")
+}
+
+/// Polls the job's stats until `done` holds; returns them.
+async fn stats_when(
+    client: &proto::savepoint_service_client::SavepointServiceClient<tonic::transport::Channel>,
+    job_id: &str,
+    what: &str,
+    done: impl Fn(&proto::GetCheckpointStatsResponse) -> bool,
+) -> proto::GetCheckpointStatsResponse {
+    eventually(what, || {
+        let mut client = client.clone();
+        let job_id = job_id.to_string();
+        let stats = async move { stats(&mut client, &job_id).await };
+        let done = &done;
+        async move {
+            let stats = stats.await;
+            done(&stats).then_some(stats)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_metadata_writes_of_periodic_checkpoints_count_toward_the_tolerable_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let tolerant = proto::CheckpointPolicy {
+        tolerable_failures: 1,
+        ..policy(100, 5_000)
+    };
+    let spec = job("flaky-disk", VERTICES, tolerant);
+    register(&mut client, &spec).await;
+    let cluster = Cluster::start(&server, &spec, 2, Acks::All, &[]).await;
+    set_status(&mut client, "flaky-disk", proto::JobStatus::Running).await;
+    // The first checkpoint reserves a block of ids, so the fault below hits the metadata.
+    stats_when(&client, "flaky-disk", "a periodic checkpoint", |s| {
+        s.completed >= 1
+    })
+    .await;
+
+    faults.set(only(
+        "flaky-disk",
+        FaultPlan {
+            failing_writes: Some(ErrorKind::StorageFull),
+            ..FaultPlan::default()
+        },
+    ));
+    let failing = stats_when(&client, "flaky-disk", "the job to be failing", |s| {
+        s.failing
+    })
+    .await;
+    assert!(failing.consecutive_failures >= 2, "{failing:?}");
+    assert_eq!(
+        failing.failed_by_reason.get("STORE_IO"),
+        Some(&failing.failed),
+        "every failure is a store failure: {:?}",
+        failing.failed_by_reason
+    );
+    let latest = failing.latest_failed.clone().expect("a failed checkpoint");
+    assert_eq!(latest.kind(), proto::SnapshotKind::Checkpoint);
+    assert_eq!(latest.failure_reason(), proto::FailureReason::StoreIo);
+    assert!(
+        latest.failure_message.contains("no storage space"),
+        "{}",
+        latest.failure_message
+    );
+    cluster
+        .wait_for("the task managers to hear the job is failing", |log| {
+            status_changes(log).iter().any(|c| c.failing).then_some(())
+        })
+        .await;
+
+    faults.clear();
+    let recovered = stats_when(&client, "flaky-disk", "a checkpoint after the fault", |s| {
+        !s.failing && s.completed > failing.completed
+    })
+    .await;
+    assert_eq!(recovered.consecutive_failures, 0);
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

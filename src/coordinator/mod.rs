@@ -784,17 +784,24 @@ impl Coordinator {
         } = completing;
         let id = snapshot.checkpoint_id;
         let stores = &self.inner.stores;
-        let stored = match &target_dir {
-            None => stores.checkpoints.add(&snapshot).await.map(|()| None),
-            Some(target) => stores
-                .savepoints
-                .write(
-                    target,
-                    &snapshot,
-                    trigger.unwrap_or(SavepointTrigger::Manual),
-                )
-                .await
-                .map(Some),
+        let stored = match snapshot.check_consistent() {
+            Err(error) => Err(SnapshotFailure::new(
+                FailureReason::Finalize,
+                format!("finalizing {kind} {id} failed: {error}"),
+            )),
+            Ok(()) => match &target_dir {
+                None => stores.checkpoints.add(&snapshot).await.map(|()| None),
+                Some(target) => stores
+                    .savepoints
+                    .write(
+                        target,
+                        &snapshot,
+                        trigger.unwrap_or(SavepointTrigger::Manual),
+                    )
+                    .await
+                    .map(Some),
+            }
+            .map_err(|error| store_failure(kind, id, error)),
         };
         let mut effects = Effects::default();
         let aborted_meanwhile = {
@@ -815,11 +822,7 @@ impl Coordinator {
                     }
                     None
                 }
-                (Some(pending), Err(error)) => {
-                    let failure = SnapshotFailure::new(
-                        FailureReason::StoreIo,
-                        format!("storing the metadata of {kind} {id} failed: {error}"),
-                    );
+                (Some(pending), Err(failure)) => {
                     let handles = snapshot_handles(snapshot);
                     state.fail(pending, Some(handles), failure, now_ms, &mut effects);
                     None
@@ -1318,6 +1321,21 @@ impl Coordinator {
 async fn discard(stores: &Stores, location: &str, handles: &[StateHandle]) {
     if let Err(error) = stores.owned_state.discard(location, handles).await {
         tracing::warn!(location, "discarding state failed: {error}");
+    }
+}
+
+/// The failure of a completion whose metadata the store did not take: FINALIZE when the
+/// metadata could not be built (encoded), STORE_IO when writing it failed.
+fn store_failure(kind: SnapshotKind, id: CheckpointId, error: StoreError) -> SnapshotFailure {
+    match error {
+        StoreError::Encode { .. } => SnapshotFailure::new(
+            FailureReason::Finalize,
+            format!("finalizing the metadata of {kind} {id} failed: {error}"),
+        ),
+        _ => SnapshotFailure::new(
+            FailureReason::StoreIo,
+            format!("storing the metadata of {kind} {id} failed: {error}"),
+        ),
     }
 }
 

@@ -1645,6 +1645,116 @@ async fn checkpoint_store_write_failure_fails_the_checkpoint_and_counts() {
     assert_eq!(h.stats().consecutive_failures, 1);
 }
 
+/// What every attempt acks for a snapshot at `location`, except that map#1 claims all
+/// key groups although it owns only 64..=127.
+fn state_with_foreign_key_groups(attempt: AttemptId, location: &str) -> Vec<StateHandle> {
+    let mut handles = state(attempt, location);
+    if attempt == MAP1 {
+        handles.push(keyed("window", "map1", 0, 127));
+    }
+    handles
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkpoint_whose_keyed_state_cannot_be_assembled_fails_with_finalize_and_counts() {
+    let h = Harness::started(CheckpointPolicy {
+        tolerable_failures: 1,
+        ..policy()
+    })
+    .await;
+    let figures = |h: &Harness| {
+        let stats = h.stats();
+        (stats.consecutive_failures, stats.failing)
+    };
+    for id in [1, 2] {
+        let handle = h.checkpoint().await;
+        h.sent();
+        let location = h.location(id);
+        for attempt in ALL {
+            h.ack(
+                id,
+                attempt,
+                state_with_foreign_key_groups(attempt, &location),
+            );
+        }
+        let message = expect_failure(handle.wait().await, FailureReason::Finalize);
+        assert!(
+            message.contains("map#1") && message.contains("key groups 0..=127"),
+            "{message}"
+        );
+        let mut expected = aborted(id, FailureReason::Finalize, &ALL);
+        if id == 2 {
+            expected.extend(marked_failing(true));
+        }
+        assert_eq!(h.sent(), expected);
+    }
+    assert_eq!(
+        figures(&h),
+        (2, true),
+        "FINALIZE counts toward the tolerance"
+    );
+    assert!(
+        h.stores
+            .checkpoints
+            .load_all(&job_id(JOB))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing is written"
+    );
+    settle().await;
+    let mut discarded = h.discarded();
+    discarded.sort();
+    let mut expected: Vec<String> = [1, 2]
+        .iter()
+        .flat_map(|id| ALL.iter().map(move |a| (*id, *a)))
+        .map(|(id, a)| format!("{}/state-{a}", h.location(id)))
+        .collect();
+    expected.sort();
+    assert_eq!(discarded, expected, "the acked state is cleaned up");
+
+    let savepoint = h.savepoint().await;
+    let path = savepoint.path.clone().unwrap();
+    for attempt in ALL {
+        h.ack(3, attempt, state_with_foreign_key_groups(attempt, &path));
+    }
+    expect_failure(savepoint.wait().await, FailureReason::Finalize);
+    assert_eq!(figures(&h), (2, true), "savepoint failures never count");
+    assert!(h.stores.savepoints.read(&path).await.is_err());
+    let stats = h.stats();
+    assert_eq!(
+        stats.failed_by_reason.get(&FailureReason::Finalize),
+        Some(&3)
+    );
+    assert_eq!(stats.failed_by_reason.get(&FailureReason::StoreIo), None);
+}
+
+#[test]
+fn metadata_that_does_not_encode_is_a_finalize_failure_and_a_failed_write_is_store_io() {
+    struct Unencodable;
+    impl serde::Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no representation"))
+        }
+    }
+    let encoding = crate::store::encode_record(
+        crate::store::codec::RecordKind::Checkpoint,
+        &Unencodable,
+        "chk-7",
+    )
+    .unwrap_err();
+    let failure = super::store_failure(SnapshotKind::Checkpoint, CheckpointId(7), encoding);
+    assert_eq!(failure.reason, FailureReason::Finalize);
+    assert!(failure.message.contains("chk-7"), "{failure}");
+    let io = StoreError::io(
+        "writing",
+        "chk-7",
+        std::io::Error::from(std::io::ErrorKind::StorageFull),
+    );
+    let failure = super::store_failure(SnapshotKind::Checkpoint, CheckpointId(7), io);
+    assert_eq!(failure.reason, FailureReason::StoreIo);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_later_savepoint_does_not_lose_the_earlier_ones_result() {
     let h = Harness::started(policy()).await;

@@ -20,7 +20,7 @@ use super::codec::{self, RecordKind};
 use super::{
     CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore,
     OwnedStateStore, SavepointRecord, SavepointStore, StoreError, StoreResult, UnreadableJob,
-    savepoint_dir_name,
+    encode_record, savepoint_dir_name,
 };
 use crate::coordinator::model::{
     CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateData,
@@ -248,7 +248,7 @@ fn write_record<T: Serialize>(
     path: &Path,
     value: &T,
 ) -> StoreResult<()> {
-    inner.write_atomic(path, &codec::encode(kind, value))
+    inner.write_atomic(path, &encode_record(kind, value, path.display())?)
 }
 
 fn remove_file_if_exists(path: &Path) -> StoreResult<()> {
@@ -482,6 +482,12 @@ impl SavepointStore for FsStore {
     ) -> StoreResult<String> {
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
         let snapshot = snapshot.clone();
+        // Encoded first, so a snapshot that does not encode leaves no directory behind.
+        let bytes = encode_record(
+            RecordKind::Savepoint,
+            &snapshot,
+            format!("{path}/{METADATA_FILE}"),
+        )?;
         self.blocking(move |inner| {
             let dir = PathBuf::from(&path);
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
@@ -490,7 +496,7 @@ impl SavepointStore for FsStore {
                 sync_parent(&dir).or_else(|_| sync_parent(parent))?;
             }
             let metadata = dir.join(METADATA_FILE);
-            inner.create_atomic(&metadata, &codec::encode(RecordKind::Savepoint, &snapshot))?;
+            inner.create_atomic(&metadata, &bytes)?;
             let record = SavepointRecord {
                 job_id: snapshot.job_id.clone(),
                 checkpoint_id: snapshot.checkpoint_id,

@@ -42,6 +42,13 @@ pub enum StoreError {
     /// The backend cannot be reached or refused the operation (used by injected faults too).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The metadata could not be encoded into the record format; nothing was written.
+    #[error("encoding {what} failed: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: codec::EncodeError,
+    },
 }
 
 impl StoreError {
@@ -55,6 +62,18 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Encodes `value` as a record of `kind`; `what` names it in the error.
+pub fn encode_record<T: Serialize>(
+    kind: codec::RecordKind,
+    value: &T,
+    what: impl std::fmt::Display,
+) -> StoreResult<Vec<u8>> {
+    codec::encode(kind, value).map_err(|source| StoreError::Encode {
+        what: what.to_string(),
+        source,
+    })
+}
 
 /// Durable per-job checkpoint ID counter. IDs are reserved in blocks so the hot path
 /// rarely touches the backend; a block that is never fully used leaves a gap, never a reuse.

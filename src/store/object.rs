@@ -26,7 +26,7 @@
 use super::codec::{self, RecordKind};
 use super::{
     CompletedCheckpointStore, OwnedStateStore, SavepointRecord, SavepointStore, StoreError,
-    StoreResult, savepoint_dir_name,
+    StoreResult, encode_record, savepoint_dir_name,
 };
 use crate::coordinator::model::{
     CheckpointId, CompletedSnapshot, JobId, SavepointTrigger, StateData, StateHandle, validate_name,
@@ -314,8 +314,8 @@ impl BucketStore {
         key: &Path,
         value: &T,
     ) -> StoreResult<()> {
-        self.put(key, codec::encode(kind, value), PutMode::Overwrite)
-            .await
+        let bytes = encode_record(kind, value, key)?;
+        self.put(key, bytes, PutMode::Overwrite).await
     }
 
     async fn put(&self, key: &Path, bytes: Vec<u8>, mode: PutMode) -> StoreResult<()> {
@@ -547,12 +547,8 @@ impl SavepointStore for BucketStore {
     ) -> StoreResult<String> {
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
         let metadata = self.key_of(&path)?.join(METADATA_OBJECT);
-        self.put(
-            &metadata,
-            codec::encode(RecordKind::Savepoint, snapshot),
-            PutMode::Create,
-        )
-        .await?;
+        let bytes = encode_record(RecordKind::Savepoint, snapshot, &path)?;
+        self.put(&metadata, bytes, PutMode::Create).await?;
         let entry = IndexEntry {
             record: SavepointRecord {
                 job_id: snapshot.job_id.clone(),
