@@ -262,6 +262,119 @@ async fn a_slow_fsync_expires_the_savepoint_and_blocks_no_other_job() {
     server.stop().await;
 }
 
+/// Names of the entries in `dir`, sorted.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dying_in_the_middle_of_a_retention_disposal_orphans_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let spec = proto::RegisterJobRequest {
+        savepoint_policy: Some(proto::SavepointPolicy {
+            max_retained: 2,
+            ..Default::default()
+        }),
+        ..job("retiring", VERTICES, policy(0, 0))
+    };
+    register(&mut client, &spec).await;
+    let cluster = Cluster::start(&server, &spec, 2, Acks::All, &[]).await;
+    set_status(&mut client, "retiring", proto::JobStatus::Running).await;
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let savepoint = trigger_savepoint(&mut client, "retiring").await;
+        paths.push(savepoint.expect("savepoint").path);
+    }
+
+    // The third savepoint retires the first; its disposal stops right after the index
+    // entry is marked retired, and the server dies before anything is deleted.
+    faults.set(only(
+        "retiring",
+        FaultPlan {
+            interrupted_disposals: true,
+            ..FaultPlan::default()
+        },
+    ));
+    let third = trigger_savepoint(&mut client, "retiring").await;
+    paths.push(third.expect("savepoint").path);
+    listed_when(
+        &client,
+        "retiring",
+        "the oldest to leave the history",
+        &[3, 2],
+    )
+    .await;
+    assert!(
+        std::path::Path::new(&paths[0]).join("_metadata").is_file(),
+        "the interrupted disposal deleted nothing yet"
+    );
+    drop(cluster);
+    let server = server.restart().await;
+
+    // Recovery (done before the server answers) finished the disposal: no files of the
+    // retired savepoint, no index entry; the kept ones are listed and restorable.
+    let mut client = server.savepoints().await;
+    let listed = common::list_savepoints(&mut client, "retiring").await;
+    assert!(!std::path::Path::new(&paths[0]).exists(), "{}", paths[0]);
+    assert_eq!(
+        entries(&server.savepoint_dir()),
+        vec!["savepoint-retiring-2", "savepoint-retiring-3"]
+    );
+    let index = dir.path().join("jobs").join("retiring").join("savepoints");
+    assert_eq!(entries(&index).len(), 2, "{:?}", entries(&index));
+    let kept: Vec<(u64, &str)> = listed
+        .iter()
+        .map(|s| (s.checkpoint_id, s.path.as_str()))
+        .collect();
+    assert_eq!(kept, vec![(3, paths[2].as_str()), (2, paths[1].as_str())]);
+    register(&mut client, &job("restored", VERTICES, policy(0, 0))).await;
+    for (id, path) in [(2, &paths[1]), (3, &paths[2])] {
+        let restored = within(
+            "RestoreSavepoint",
+            client.restore_savepoint(proto::RestoreSavepointRequest {
+                job_id: "restored".into(),
+                path: path.clone(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("a kept savepoint is restorable")
+        .into_inner();
+        assert_eq!(restored.checkpoint_id, id);
+        assert_eq!(
+            restored.assignments,
+            common::unchanged_assignments(VERTICES, &[], id)
+        );
+    }
+    server.stop().await;
+}
+
+/// Polls the job's savepoint list until it holds exactly `ids` (newest first).
+async fn listed_when(
+    client: &proto::savepoint_service_client::SavepointServiceClient<tonic::transport::Channel>,
+    job_id: &str,
+    what: &str,
+    ids: &[u64],
+) {
+    eventually(what, || {
+        let mut client = client.clone();
+        let job_id = job_id.to_string();
+        async move {
+            let listed = common::list_savepoints(&mut client, &job_id).await;
+            let listed: Vec<u64> = listed.iter().map(|s| s.checkpoint_id).collect();
+            (listed == ids).then_some(())
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_metadata_is_reported_and_other_jobs_keep_working() {
     let dir = tempfile::tempdir().expect("tempdir");

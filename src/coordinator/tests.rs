@@ -2249,6 +2249,10 @@ impl SavepointStore for HangingWrites {
     async fn dispose(&self, path: &str) -> StoreResult<bool> {
         self.0.dispose(path).await
     }
+
+    async fn retire(&self, path: &str) -> StoreResult<bool> {
+        self.0.retire(path).await
+    }
 }
 
 #[async_trait::async_trait]

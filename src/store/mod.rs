@@ -176,6 +176,11 @@ pub trait SavepointStore: Send + Sync {
     /// marked for disposal, finished by [`SavepointStore::resume_disposals`]; it never
     /// leaves files nobody knows about.
     async fn dispose(&self, path: &str) -> StoreResult<bool>;
+    /// The first step of [`SavepointStore::dispose`] alone: marks the savepoint's index
+    /// entry for disposal, so it is no longer listed, and leaves its files for `dispose`
+    /// or [`SavepointStore::resume_disposals`] to delete. Returns false if the index has
+    /// no entry for it.
+    async fn retire(&self, path: &str) -> StoreResult<bool>;
     /// `path` as it really is on the backend, to compare against the savepoint roots:
     /// absolute, normalized, and (where the backend has them) with links followed.
     fn resolve(&self, path: &str) -> StoreResult<std::path::PathBuf> {
