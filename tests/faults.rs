@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    Acks, Cluster, TestServer, failure_reason, job, policy, register, set_status, stats,
-    trigger_savepoint, within,
+    Acks, Cluster, TestServer, eventually, failure_reason, job, policy, register, set_status,
+    stats, status_changes, trigger_savepoint, within,
 };
 use savepoint_coordinator::coordinator::model::JobId;
 use savepoint_coordinator::proto;
@@ -96,6 +96,86 @@ fn failed_checkpoint_id(stats: &proto::GetCheckpointStatsResponse) -> u64 {
         .expect("a failed snapshot")
 }
 
+/// Polls the job's stats until `done` holds; returns them.
+async fn stats_when(
+    client: &proto::savepoint_service_client::SavepointServiceClient<tonic::transport::Channel>,
+    job_id: &str,
+    what: &str,
+    done: impl Fn(&proto::GetCheckpointStatsResponse) -> bool,
+) -> proto::GetCheckpointStatsResponse {
+    eventually(what, || {
+        let mut client = client.clone();
+        let job_id = job_id.to_string();
+        let stats = async move { stats(&mut client, &job_id).await };
+        let done = &done;
+        async move {
+            let stats = stats.await;
+            done(&stats).then_some(stats)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_metadata_writes_of_periodic_checkpoints_count_toward_the_tolerable_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let tolerant = proto::CheckpointPolicy {
+        tolerable_failures: 1,
+        ..policy(100, 5_000)
+    };
+    let spec = job("flaky-disk", VERTICES, tolerant);
+    register(&mut client, &spec).await;
+    let cluster = Cluster::start(&server, &spec, 2, Acks::All, &[]).await;
+    set_status(&mut client, "flaky-disk", proto::JobStatus::Running).await;
+    // The first checkpoint reserves a block of ids, so the fault below hits the metadata.
+    stats_when(&client, "flaky-disk", "a periodic checkpoint", |s| {
+        s.completed >= 1
+    })
+    .await;
+
+    faults.set(only(
+        "flaky-disk",
+        FaultPlan {
+            failing_writes: Some(ErrorKind::StorageFull),
+            ..FaultPlan::default()
+        },
+    ));
+    let failing = stats_when(&client, "flaky-disk", "the job to be failing", |s| {
+        s.failing
+    })
+    .await;
+    assert!(failing.consecutive_failures >= 2, "{failing:?}");
+    assert_eq!(
+        failing.failed_by_reason.get("STORE_IO"),
+        Some(&failing.failed),
+        "every failure is a store failure: {:?}",
+        failing.failed_by_reason
+    );
+    let latest = failing.latest_failed.clone().expect("a failed checkpoint");
+    assert_eq!(latest.kind(), proto::SnapshotKind::Checkpoint);
+    assert_eq!(latest.failure_reason(), proto::FailureReason::StoreIo);
+    assert!(
+        latest.failure_message.contains("no storage space"),
+        "{}",
+        latest.failure_message
+    );
+    cluster
+        .wait_for("the task managers to hear the job is failing", |log| {
+            status_changes(log).iter().any(|c| c.failing).then_some(())
+        })
+        .await;
+
+    faults.clear();
+    let recovered = stats_when(&client, "flaky-disk", "a checkpoint after the fault", |s| {
+        !s.failing && s.completed > failing.completed
+    })
+    .await;
+    assert_eq!(recovered.consecutive_failures, 0);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_the_id_reservation_with_resource_exhausted() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -180,6 +260,119 @@ async fn a_slow_fsync_expires_the_savepoint_and_blocks_no_other_job() {
         "its directory is gone too"
     );
     server.stop().await;
+}
+
+/// Names of the entries in `dir`, sorted.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dying_in_the_middle_of_a_retention_disposal_orphans_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let spec = proto::RegisterJobRequest {
+        savepoint_policy: Some(proto::SavepointPolicy {
+            max_retained: 2,
+            ..Default::default()
+        }),
+        ..job("retiring", VERTICES, policy(0, 0))
+    };
+    register(&mut client, &spec).await;
+    let cluster = Cluster::start(&server, &spec, 2, Acks::All, &[]).await;
+    set_status(&mut client, "retiring", proto::JobStatus::Running).await;
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let savepoint = trigger_savepoint(&mut client, "retiring").await;
+        paths.push(savepoint.expect("savepoint").path);
+    }
+
+    // The third savepoint retires the first; its disposal stops right after the index
+    // entry is marked retired, and the server dies before anything is deleted.
+    faults.set(only(
+        "retiring",
+        FaultPlan {
+            interrupted_disposals: true,
+            ..FaultPlan::default()
+        },
+    ));
+    let third = trigger_savepoint(&mut client, "retiring").await;
+    paths.push(third.expect("savepoint").path);
+    listed_when(
+        &client,
+        "retiring",
+        "the oldest to leave the history",
+        &[3, 2],
+    )
+    .await;
+    assert!(
+        std::path::Path::new(&paths[0]).join("_metadata").is_file(),
+        "the interrupted disposal deleted nothing yet"
+    );
+    drop(cluster);
+    let server = server.restart().await;
+
+    // Recovery (done before the server answers) finished the disposal: no files of the
+    // retired savepoint, no index entry; the kept ones are listed and restorable.
+    let mut client = server.savepoints().await;
+    let listed = common::list_savepoints(&mut client, "retiring").await;
+    assert!(!std::path::Path::new(&paths[0]).exists(), "{}", paths[0]);
+    assert_eq!(
+        entries(&server.savepoint_dir()),
+        vec!["savepoint-retiring-2", "savepoint-retiring-3"]
+    );
+    let index = dir.path().join("jobs").join("retiring").join("savepoints");
+    assert_eq!(entries(&index).len(), 2, "{:?}", entries(&index));
+    let kept: Vec<(u64, &str)> = listed
+        .iter()
+        .map(|s| (s.checkpoint_id, s.path.as_str()))
+        .collect();
+    assert_eq!(kept, vec![(3, paths[2].as_str()), (2, paths[1].as_str())]);
+    register(&mut client, &job("restored", VERTICES, policy(0, 0))).await;
+    for (id, path) in [(2, &paths[1]), (3, &paths[2])] {
+        let restored = within(
+            "RestoreSavepoint",
+            client.restore_savepoint(proto::RestoreSavepointRequest {
+                job_id: "restored".into(),
+                path: path.clone(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("a kept savepoint is restorable")
+        .into_inner();
+        assert_eq!(restored.checkpoint_id, id);
+        assert_eq!(
+            restored.assignments,
+            common::unchanged_assignments(VERTICES, &[], id)
+        );
+    }
+    server.stop().await;
+}
+
+/// Polls the job's savepoint list until it holds exactly `ids` (newest first).
+async fn listed_when(
+    client: &proto::savepoint_service_client::SavepointServiceClient<tonic::transport::Channel>,
+    job_id: &str,
+    what: &str,
+    ids: &[u64],
+) {
+    eventually(what, || {
+        let mut client = client.clone();
+        let job_id = job_id.to_string();
+        async move {
+            let listed = common::list_savepoints(&mut client, &job_id).await;
+            let listed: Vec<u64> = listed.iter().map(|s| s.checkpoint_id).collect();
+            (listed == ids).then_some(())
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

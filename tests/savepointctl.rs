@@ -124,6 +124,43 @@ async fn poll_operation(server: &TestServer, job: &str, operation: &str) -> (Out
     panic!("operation {operation} of job {job} is still PENDING after 100 polls");
 }
 
+/// Writes the example job under the id `job_id` into the server's data directory;
+/// returns the file's path.
+fn example_copy(server: &TestServer, job_id: &str) -> String {
+    let copy = server.data_dir.path().join(format!("{job_id}.yaml"));
+    let spec = std::fs::read_to_string(EXAMPLE_JOB).expect("example job");
+    std::fs::write(
+        &copy,
+        spec.replace("job_id: wordcount", &format!("job_id: {job_id}")),
+    )
+    .expect("write the copy");
+    copy.to_str().expect("utf-8 path").to_string()
+}
+
+/// Registers the example job, runs it on simulated task managers and takes a savepoint;
+/// returns its path.
+async fn example_savepoint(server: &TestServer) -> String {
+    succeeded("register", &ctl(server, &["register", EXAMPLE_JOB]).await);
+    let simulation = Simulation::start(server, "wordcount", Duration::ZERO).await;
+    succeeded(
+        "set-status",
+        &ctl(server, &["set-status", "wordcount", "RUNNING"]).await,
+    );
+    let saved = ctl(server, &["savepoint", "wordcount", "--timeout", "15"]).await;
+    let path = succeeded("savepoint", &saved).trim().to_string();
+    assert!(Path::new(&path).join("_metadata").is_file(), "{path}");
+    simulation.stop().await;
+    path
+}
+
+/// `stats JOB --output json`.
+async fn stats_json(server: &TestServer, job: &str) -> Value {
+    json(
+        "stats --output json",
+        &ctl(server, &["stats", job, "--output", "json"]).await,
+    )
+}
+
 /// The (single) element of a `list --output json` array with checkpoint id `id`.
 fn listed(list: &Value, id: u64) -> Option<&Value> {
     list.as_array()
@@ -202,15 +239,8 @@ async fn savepoint_path_restores_into_a_second_job() {
     simulation.stop().await;
 
     // The same job under another id, as the README suggests.
-    let copy = server.data_dir.path().join("wordcount-copy.yaml");
-    let spec = std::fs::read_to_string(EXAMPLE_JOB).expect("example job");
-    std::fs::write(
-        &copy,
-        spec.replace("job_id: wordcount", "job_id: wordcount-copy"),
-    )
-    .expect("write the copy");
-    let copy = copy.to_str().expect("utf-8 path");
-    succeeded("register copy", &ctl(&server, &["register", copy]).await);
+    let copy = example_copy(&server, "wordcount-copy");
+    succeeded("register copy", &ctl(&server, &["register", &copy]).await);
 
     let restored = json(
         "restore --output json",
@@ -235,6 +265,13 @@ async fn savepoint_path_restores_into_a_second_job() {
     let checkpoint_id = restored["checkpoint_id"].as_u64().expect("checkpoint id");
     assert_eq!(handle["text"], format!("sink/0@{checkpoint_id}"));
     assert_eq!(restored["claim_mode"], "CLAIM");
+    let restore = &stats_json(&server, "wordcount-copy").await["latest_restore"];
+    assert_eq!(
+        restore["claim_mode"], "CLAIM",
+        "the server took the claim: {restore}"
+    );
+    assert_eq!(restore["path"], path.as_str());
+    assert_eq!(restore["checkpoint_id"], checkpoint_id);
 
     let table = ctl(&server, &["restore", "wordcount-copy", &path]).await;
     // A second restore of the same job is allowed while its subtasks are CREATED.
@@ -245,6 +282,9 @@ async fn savepoint_path_restores_into_a_second_job() {
         table.contains("the savepoint stays yours (no-claim)"),
         "no-claim is the default: {table}"
     );
+    let stats = stats_json(&server, "wordcount-copy").await;
+    assert_eq!(stats["latest_restore"]["claim_mode"], "NO_CLAIM", "{stats}");
+    assert_eq!(stats["restored"], 2, "{stats}");
 
     succeeded(
         "unregister",
@@ -432,5 +472,179 @@ async fn status_of_a_failed_operation_names_the_reason_and_exits_1() {
     );
 
     simulation.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_with_a_missing_vertex_is_refused_naming_it_unless_allowed() {
+    let server = TestServer::start().await;
+    let path = example_savepoint(&server).await;
+    // The job without its map vertex, which has state in the savepoint.
+    let lean = server.data_dir.path().join("lean.yaml");
+    std::fs::write(
+        &lean,
+        "job_id: lean\n\
+         vertices:\n  - id: source\n    parallelism: 2\n  - id: sink\n    parallelism: 1\n\
+         trigger: [source]\n",
+    )
+    .expect("write the job file");
+    let lean = lean.to_str().expect("utf-8 path");
+    succeeded("register lean", &ctl(&server, &["register", lean]).await);
+
+    let refused = ctl(&server, &["restore", "lean", &path]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(refused.stdout.is_empty(), "{}", stdout(&refused));
+    let message = stderr(&refused);
+    assert!(
+        message.starts_with("error: FAILED_PRECONDITION: ")
+            && message.contains("vertex \"map\"")
+            && message.contains("allow_non_restored_state"),
+        "{message}"
+    );
+    let stats = stats_json(&server, "lean").await;
+    assert_eq!(stats["restored"], 0, "nothing was applied: {stats}");
+
+    let args = [
+        "restore",
+        "lean",
+        &path,
+        "--allow-non-restored-state",
+        "--output",
+        "json",
+    ];
+    let restored = json(
+        "restore --allow-non-restored-state",
+        &ctl(&server, &args).await,
+    );
+    assert_eq!(
+        restored["non_restored_vertices"],
+        serde_json::json!(["map"])
+    );
+    let subtasks: Vec<String> = restored["assignments"]
+        .as_array()
+        .expect("assignments")
+        .iter()
+        .map(|a| format!("{}#{}", a["vertex_id"], a["subtask_index"]))
+        .collect();
+    assert_eq!(
+        subtasks,
+        vec!["\"source\"#0", "\"source\"#1", "\"sink\"#0"],
+        "{restored}"
+    );
+    let checkpoint_id = restored["checkpoint_id"].as_u64().expect("checkpoint id");
+    assert_eq!(
+        restored["assignments"][2]["handles"][0]["text"],
+        format!("sink/0@{checkpoint_id}")
+    );
+    let text = succeeded(
+        "restore --allow-non-restored-state (text)",
+        &ctl(&server, &args[..4]).await,
+    );
+    assert!(
+        text.contains("state of vertices the job does not have was skipped: map\n"),
+        "{text}"
+    );
+    assert_eq!(stats_json(&server, "lean").await["restored"], 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_detach_prints_the_operation_id_at_once_and_the_job_finishes() {
+    // Every acknowledgement comes this long after its trigger, so the stop cannot be
+    // complete before then.
+    const ACK_DELAY: Duration = Duration::from_secs(3);
+    let server = TestServer::start().await;
+    succeeded("register", &ctl(&server, &["register", EXAMPLE_JOB]).await);
+    let simulation = Simulation::start(&server, "wordcount", ACK_DELAY).await;
+    succeeded(
+        "set-status",
+        &ctl(&server, &["set-status", "wordcount", "RUNNING"]).await,
+    );
+
+    let started = std::time::Instant::now();
+    let detached = ctl(&server, &["stop", "wordcount", "--detach"]).await;
+    let elapsed = started.elapsed();
+    let printed = succeeded("stop --detach", &detached);
+    assert!(
+        elapsed < ACK_DELAY,
+        "stop --detach returned after {elapsed:?}, not before the savepoint could complete"
+    );
+    let operation_id = printed.trim();
+    assert_eq!(
+        printed,
+        format!("{operation_id}\n"),
+        "one line: {printed:?}"
+    );
+    assert!(!operation_id.is_empty());
+
+    let (finished, operation) = poll_operation(&server, "wordcount", operation_id).await;
+    assert_eq!(operation["status"], "COMPLETED", "{operation}");
+    assert_eq!(finished.status.code(), Some(0));
+    assert_eq!(operation["trigger"], "STOP", "{operation}");
+    assert_eq!(operation["drain"], false, "{operation}");
+    let path = operation["path"].as_str().expect("path");
+    assert!(Path::new(path).join("_metadata").is_file(), "{path}");
+    let stats = stats_json(&server, "wordcount").await;
+    assert_eq!(stats["job_status"], "FINISHED", "{stats}");
+    assert_eq!(stats["latest_savepoint"]["path"], path, "{stats}");
+
+    simulation.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_savepoint_is_deleted_once_subsumed_and_an_unclaimed_one_stays() {
+    let server = TestServer::start().await;
+    let path = example_savepoint(&server).await;
+    for (job, mode) in [("kept", "no-claim"), ("claimed", "claim")] {
+        let file = example_copy(&server, job);
+        succeeded("register copy", &ctl(&server, &["register", &file]).await);
+        let args = ["restore", job, &path, "--claim-mode", mode];
+        succeeded("restore", &ctl(&server, &args).await);
+    }
+
+    // Two newer checkpoints of each job (it retains 2): the restored snapshot is subsumed.
+    for job in ["kept", "claimed"] {
+        let simulation = Simulation::start(&server, job, Duration::ZERO).await;
+        succeeded(
+            "set-status",
+            &ctl(&server, &["set-status", job, "RUNNING"]).await,
+        );
+        for _ in 0..2 {
+            let args = ["checkpoint", job, "--timeout", "15"];
+            succeeded("checkpoint", &ctl(&server, &args).await);
+        }
+        simulation.stop().await;
+        if job == "kept" {
+            assert!(
+                Path::new(&path).join("_metadata").is_file(),
+                "no-claim never deletes the savepoint"
+            );
+            let stats = stats_json(&server, job).await;
+            let history = stats["history"].as_array().expect("history");
+            let first = history.last().expect("a checkpoint");
+            assert_eq!(
+                first["full"], true,
+                "the first checkpoint after a no-claim restore is full: {stats}"
+            );
+        }
+    }
+    let mut deleted = false;
+    for _ in 0..100 {
+        if !Path::new(&path).exists() {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        deleted,
+        "the claimed savepoint {path} is deleted once subsumed"
+    );
+    let list = json(
+        "list --output json",
+        &ctl(&server, &["list", "wordcount", "--output", "json"]).await,
+    );
+    assert_eq!(list, serde_json::json!([]), "it leaves the history too");
     server.stop().await;
 }

@@ -41,7 +41,10 @@ where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
     if let Ok(value) = codec::decode::<T>(kind, bytes) {
-        let again = codec::decode::<T>(kind, &codec::encode(kind, &value));
+        let again = codec::decode::<T>(
+            kind,
+            &codec::encode(kind, &value).expect("a decoded value encodes again"),
+        );
         assert_eq!(again.as_ref(), Ok(&value), "a decoded value does not round-trip");
     }
 }

@@ -54,19 +54,6 @@ impl SnapshotCoordinator {
     }
 }
 
-/// Whether `snapshot` holds a reference to the same data as `handle`.
-fn references(snapshot: &CompletedSnapshot, handle: &StateHandle) -> bool {
-    let StateData::Reference { uri, .. } = &handle.data else {
-        return false;
-    };
-    snapshot
-        .vertices
-        .iter()
-        .flat_map(|v| &v.subtasks)
-        .flat_map(|s| &s.handles)
-        .any(|h| matches!(&h.data, StateData::Reference { uri: other, .. } if other == uri))
-}
-
 /// What the periodic scheduler should do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SchedulerStep {
@@ -94,13 +81,19 @@ pub enum AckDecision {
     /// The last awaited ack arrived: the snapshot must now be stored.
     Complete(Box<Completing>),
     Duplicate,
-    /// Late (snapshot no longer pending) or not awaited: discard the state at `location`.
+    /// Late (snapshot no longer pending) or not awaited: discard `handles` under
+    /// `location`; None means the owned checkpoint location of the id (a snapshot whose
+    /// location is no longer remembered, e.g. more than 256 ago or before a restart).
     Discard {
         late: bool,
         location: Option<String>,
         handles: Vec<StateHandle>,
     },
-    UnknownCheckpoint,
+    /// An id above every id this job issued (or 0). Its `handles` may be discarded under
+    /// the id's owned checkpoint location only if the id can never be issued again.
+    UnknownCheckpoint {
+        handles: Vec<StateHandle>,
+    },
 }
 
 /// A fully acknowledged snapshot on its way to the store. Its [`PendingSnapshot`] stays
@@ -371,7 +364,9 @@ impl JobState {
         } else {
             self.stats.discarded_acks += 1;
             if id > self.max_issued_id || id.0 == 0 {
-                return AckDecision::UnknownCheckpoint;
+                return AckDecision::UnknownCheckpoint {
+                    handles: self.unused(handles),
+                };
             }
             let Some((_, location, ended)) = self
                 .recent_locations
@@ -382,22 +377,13 @@ impl JobState {
                 return AckDecision::Discard {
                     late: true,
                     location: None,
-                    handles,
+                    handles: self.unused(handles),
                 };
             };
             let handles = match ended {
-                Ended::Failed => handles,
                 // The savepoint directory and everything in it now belongs to the savepoint.
                 Ended::Savepoint => Vec::new(),
-                // A retried ack may repeat handles the retained checkpoint references:
-                // only state nobody references is deleted.
-                Ended::Checkpoint => match self.retained.iter().find(|r| r.checkpoint_id == id) {
-                    Some(snapshot) => handles
-                        .into_iter()
-                        .filter(|h| !references(snapshot, h))
-                        .collect(),
-                    None => handles,
-                },
+                Ended::Failed | Ended::Checkpoint => self.unused(handles),
             };
             return AckDecision::Discard {
                 late: true,
@@ -424,7 +410,7 @@ impl JobState {
                 AckDecision::Discard {
                     late: false,
                     location,
-                    handles: rejected,
+                    handles: self.unused(rejected),
                 }
             }
             AckStep::Complete => {
@@ -442,6 +428,36 @@ impl JobState {
                 }))
             }
         }
+    }
+
+    /// `handles` without the references a retained checkpoint or a pending snapshot
+    /// holds: a retried or stray ack may name state that is still in use, which stays.
+    fn unused(&self, handles: Vec<StateHandle>) -> Vec<StateHandle> {
+        let uri_of = |h: &StateHandle| match &h.data {
+            StateData::Reference { uri, .. } => Some(uri.clone()),
+            StateData::Inline(_) => None,
+        };
+        if handles.iter().all(|h| uri_of(h).is_none()) {
+            return Vec::new();
+        }
+        let retained = self
+            .retained
+            .iter()
+            .flat_map(|r| r.vertices.iter())
+            .flat_map(|v| v.subtasks.iter())
+            .flat_map(|s| s.handles.iter());
+        let pending = self
+            .checkpoints
+            .pending
+            .values()
+            .chain(self.savepoints.pending.values())
+            .flat_map(|p| p.awaited.iter())
+            .flat_map(|t| t.handles.iter());
+        let in_use: HashSet<String> = retained.chain(pending).filter_map(uri_of).collect();
+        handles
+            .into_iter()
+            .filter(|h| uri_of(h).is_some_and(|uri| !in_use.contains(&uri)))
+            .collect()
     }
 
     /// Aborts pending snapshot `id` (of either kind). Returns false if it was not pending.

@@ -320,6 +320,11 @@ impl Coordinator {
                 }
             }
             let savepoints = self.inner.stores.savepoints.list(&job.id).await;
+            // Knowing where this run's IDs begin tells late acks of the last run apart
+            // from acks of IDs not issued yet (see `AckDecision::UnknownCheckpoint`).
+            if let Err(error) = job.ids.prime().await {
+                tracing::warn!(job_id = %job.id, "reserving checkpoint ids at recovery failed: {error}");
+            }
             let mut effects = Effects::default();
             {
                 let mut state = job.lock();
@@ -729,18 +734,29 @@ impl Coordinator {
         let decision =
             job.lock()
                 .acknowledge(ack.checkpoint_id, ack.attempt_id, ack.handles, now_ms);
+        let owned_location = || {
+            self.inner
+                .stores
+                .owned_state
+                .checkpoint_location(&job.id, ack.checkpoint_id)
+        };
         Ok(match decision {
             AckDecision::Recorded => AckOutcome::Recorded,
             AckDecision::Duplicate => AckOutcome::Duplicate,
-            AckDecision::UnknownCheckpoint => AckOutcome::UnknownCheckpoint,
+            AckDecision::UnknownCheckpoint { handles } => {
+                // An id this run may still issue is left alone: its tasks will write
+                // their state under that location once it is triggered.
+                if job.ids.from_earlier_run(ack.checkpoint_id) {
+                    self.discard_later(owned_location(), handles);
+                }
+                AckOutcome::UnknownCheckpoint
+            }
             AckDecision::Discard {
                 late,
                 location,
                 handles,
             } => {
-                if let Some(location) = location {
-                    self.discard_later(location, handles);
-                }
+                self.discard_later(location.unwrap_or_else(owned_location), handles);
                 if late {
                     AckOutcome::Late
                 } else {
@@ -768,17 +784,24 @@ impl Coordinator {
         } = completing;
         let id = snapshot.checkpoint_id;
         let stores = &self.inner.stores;
-        let stored = match &target_dir {
-            None => stores.checkpoints.add(&snapshot).await.map(|()| None),
-            Some(target) => stores
-                .savepoints
-                .write(
-                    target,
-                    &snapshot,
-                    trigger.unwrap_or(SavepointTrigger::Manual),
-                )
-                .await
-                .map(Some),
+        let stored = match snapshot.check_consistent() {
+            Err(error) => Err(SnapshotFailure::new(
+                FailureReason::Finalize,
+                format!("finalizing {kind} {id} failed: {error}"),
+            )),
+            Ok(()) => match &target_dir {
+                None => stores.checkpoints.add(&snapshot).await.map(|()| None),
+                Some(target) => stores
+                    .savepoints
+                    .write(
+                        target,
+                        &snapshot,
+                        trigger.unwrap_or(SavepointTrigger::Manual),
+                    )
+                    .await
+                    .map(Some),
+            }
+            .map_err(|error| store_failure(kind, id, error)),
         };
         let mut effects = Effects::default();
         let aborted_meanwhile = {
@@ -799,11 +822,7 @@ impl Coordinator {
                     }
                     None
                 }
-                (Some(pending), Err(error)) => {
-                    let failure = SnapshotFailure::new(
-                        FailureReason::StoreIo,
-                        format!("storing the metadata of {kind} {id} failed: {error}"),
-                    );
+                (Some(pending), Err(failure)) => {
                     let handles = snapshot_handles(snapshot);
                     state.fail(pending, Some(handles), failure, now_ms, &mut effects);
                     None
@@ -1302,6 +1321,21 @@ impl Coordinator {
 async fn discard(stores: &Stores, location: &str, handles: &[StateHandle]) {
     if let Err(error) = stores.owned_state.discard(location, handles).await {
         tracing::warn!(location, "discarding state failed: {error}");
+    }
+}
+
+/// The failure of a completion whose metadata the store did not take: FINALIZE when the
+/// metadata could not be built (encoded), STORE_IO when writing it failed.
+fn store_failure(kind: SnapshotKind, id: CheckpointId, error: StoreError) -> SnapshotFailure {
+    match error {
+        StoreError::Encode { .. } => SnapshotFailure::new(
+            FailureReason::Finalize,
+            format!("finalizing the metadata of {kind} {id} failed: {error}"),
+        ),
+        _ => SnapshotFailure::new(
+            FailureReason::StoreIo,
+            format!("storing the metadata of {kind} {id} failed: {error}"),
+        ),
     }
 }
 

@@ -470,6 +470,55 @@ impl CompletedSnapshot {
             .map(StateHandle::size_bytes)
             .sum()
     }
+
+    /// Checks that the assembled state is consistent before it is written: keyed state
+    /// must lie within the key groups of the subtask that reported it, else a restore
+    /// would hand some key groups out twice (or not at all).
+    pub fn check_consistent(&self) -> Result<(), FinalizeError> {
+        for vertex in &self.vertices {
+            for subtask in &vertex.subtasks {
+                let own = KeyGroupRange::for_subtask(
+                    vertex.max_parallelism,
+                    vertex.parallelism,
+                    subtask.subtask_index,
+                );
+                let outside = subtask.handles.iter().find_map(|h| {
+                    let found = h.key_groups?;
+                    (found.start < own.start || found.end > own.end).then_some((h, found))
+                });
+                if let Some((handle, found)) = outside {
+                    return Err(FinalizeError::KeyGroupsOutsideSubtask {
+                        subtask: SubtaskRef {
+                            vertex_id: vertex.vertex_id.clone(),
+                            subtask_index: subtask.subtask_index,
+                        },
+                        state: handle.name.clone(),
+                        found,
+                        own,
+                        max_parallelism: vertex.max_parallelism,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a fully acknowledged snapshot cannot become consistent metadata (FINALIZE).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FinalizeError {
+    #[error(
+        "subtask {subtask} reported keyed state {state:?} for key groups {}..={}, outside its \
+         own key groups {}..={} (max parallelism {max_parallelism})",
+        found.start, found.end, own.start, own.end
+    )]
+    KeyGroupsOutsideSubtask {
+        subtask: SubtaskRef,
+        state: String,
+        found: KeyGroupRange,
+        own: KeyGroupRange,
+        max_parallelism: u32,
+    },
 }
 
 impl fmt::Display for JobStatus {
@@ -663,6 +712,55 @@ mod tests {
             }
             assert_eq!(next, max);
         }
+    }
+
+    fn keyed_snapshot(ranges: &[(u32, u32)]) -> CompletedSnapshot {
+        CompletedSnapshot {
+            job_id: JobId::new("j"),
+            checkpoint_id: CheckpointId(1),
+            kind: SnapshotKind::Checkpoint,
+            trigger_timestamp_ms: 0,
+            completion_timestamp_ms: 0,
+            vertices: vec![VertexState {
+                vertex_id: "map".to_string(),
+                parallelism: ranges.len() as u32,
+                max_parallelism: 128,
+                subtasks: ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(start, end))| SubtaskState {
+                        subtask_index: i as u32,
+                        handles: vec![StateHandle {
+                            name: "window".to_string(),
+                            data: StateData::Inline(Bytes::from_static(b"x")),
+                            key_groups: Some(KeyGroupRange { start, end }),
+                        }],
+                    })
+                    .collect(),
+            }],
+            claimed_path: None,
+        }
+    }
+
+    #[test]
+    fn keyed_state_must_stay_within_its_subtasks_key_groups() {
+        assert_eq!(
+            keyed_snapshot(&[(0, 63), (64, 127)]).check_consistent(),
+            Ok(())
+        );
+        assert_eq!(
+            keyed_snapshot(&[(10, 20), (64, 64)]).check_consistent(),
+            Ok(())
+        );
+        let error = keyed_snapshot(&[(0, 63), (60, 127)])
+            .check_consistent()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "subtask map#1 reported keyed state \"window\" for key groups 60..=127, outside \
+             its own key groups 64..=127 (max parallelism 128)"
+        );
+        assert!(keyed_snapshot(&[(0, 128)]).check_consistent().is_err());
     }
 
     #[test]

@@ -1064,6 +1064,113 @@ async fn late_ack_after_completion_discards_state_the_snapshot_does_not_referenc
 }
 
 #[tokio::test(start_paused = true)]
+async fn late_ack_for_a_forgotten_checkpoint_discards_only_unreferenced_owned_state() {
+    let h = Harness::started(policy()).await;
+    let first = h.checkpoint().await;
+    h.ack_all(1);
+    first.wait().await.unwrap();
+    // 257 failed checkpoints push 1 and 2 out of the remembered locations.
+    for id in 2..=258 {
+        let handle = h.checkpoint().await;
+        assert_eq!(handle.checkpoint_id, CheckpointId(id));
+        assert!(h.decline(id, SRC0, "busy"));
+        expect_failure(handle.wait().await, FailureReason::Declined);
+    }
+    settle().await;
+    assert_eq!(h.discarded(), Vec::<String>::new());
+
+    let failed = h.location(2);
+    let mut handles = state(SRC1, &failed);
+    handles.extend(reference("elsewhere", "/elsewhere/state", 3));
+    handles.push(inline("small", "bytes"));
+    assert_eq!(h.ack(2, SRC1, handles), AckOutcome::Late);
+    // Checkpoint 1 is retained: the state it references stays, a stray file goes.
+    let retained = h.location(1);
+    let mut handles = state(SRC0, &retained);
+    handles.extend(reference("stray", &format!("{retained}/stray"), 1));
+    assert_eq!(h.ack(1, SRC0, handles), AckOutcome::Late);
+    settle().await;
+    assert_eq!(
+        h.discarded(),
+        vec![
+            format!("{failed}/state-{SRC1}"),
+            format!("{retained}/stray")
+        ]
+    );
+    let stored = h.stores.checkpoints.load_all(&job_id(JOB)).await.unwrap();
+    assert_eq!(stored_checkpoint_ids(&stored), vec![1]);
+    assert_eq!(
+        stored[0].vertices,
+        standard_vertices(|a| state(a, &retained))
+    );
+    assert_eq!(h.stats().discarded_acks, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ack_for_a_checkpoint_of_the_previous_run_discards_its_owned_state_after_a_restart() {
+    let memory = Arc::new(MemoryStore::default());
+    let mut first = Harness::on(Stores::all_in(memory.clone()), Some(memory.clone()));
+    first.register(standard_spec(JOB, policy())).await;
+    first.connect();
+    first.register_all(TaskState::Running);
+    first.set_status(JobStatus::Running).await;
+    let retained = first.checkpoint().await;
+    first.ack_all(1);
+    retained.wait().await.unwrap();
+    let _in_flight = first.checkpoint().await;
+    assert_eq!(
+        first.ack(2, SRC0, state(SRC0, &first.location(2))),
+        AckOutcome::Recorded
+    );
+    // The server dies with checkpoint 2 pending: nothing of it is persisted.
+    drop(first);
+
+    let second = Harness::on(Stores::all_in(memory.clone()), Some(memory));
+    assert_eq!(second.coordinator.recover().await.unwrap(), 1);
+    // 2 is above every id the new run knows of, but was issued by the previous run.
+    let location = second.location(2);
+    let mut handles = state(SRC1, &location);
+    handles.extend(reference("elsewhere", "/elsewhere/state", 3));
+    assert_eq!(second.ack(2, SRC1, handles), AckOutcome::UnknownCheckpoint);
+    // The retained checkpoint's own state is not touched by a repeated ack.
+    assert_eq!(
+        second.ack(1, SRC0, state(SRC0, &second.location(1))),
+        AckOutcome::Late
+    );
+    settle().await;
+    assert_eq!(second.discarded(), vec![format!("{location}/state-{SRC1}")]);
+    assert_eq!(second.stats().discarded_acks, 2);
+    let restored = second
+        .coordinator
+        .restore_latest_checkpoint(JOB, false)
+        .await
+        .expect("the retained checkpoint is restorable");
+    assert_eq!(restored.checkpoint_id, CheckpointId(1));
+    assert_eq!(
+        restored.mapping.assignments[0].handles,
+        state(SRC0, &second.location(1))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ack_for_an_id_not_issued_yet_leaves_that_location_alone() {
+    let h = Harness::started(policy()).await;
+    // A confused task acks checkpoint 1 before it exists; the real one writes the same file.
+    let location = h.location(1);
+    assert_eq!(
+        h.ack(1, SRC0, state(SRC0, &location)),
+        AckOutcome::UnknownCheckpoint
+    );
+    settle().await;
+    let handle = h.checkpoint().await;
+    assert_eq!(handle.checkpoint_id, CheckpointId(1));
+    assert_eq!(h.ack_all(1)[4], AckOutcome::Completing);
+    handle.wait().await.unwrap();
+    settle().await;
+    assert_eq!(h.discarded(), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
 async fn duplicate_ack_changes_nothing() {
     let h = Harness::started(policy()).await;
     let handle = h.checkpoint().await;
@@ -1536,6 +1643,116 @@ async fn checkpoint_store_write_failure_fails_the_checkpoint_and_counts() {
             .is_empty()
     );
     assert_eq!(h.stats().consecutive_failures, 1);
+}
+
+/// What every attempt acks for a snapshot at `location`, except that map#1 claims all
+/// key groups although it owns only 64..=127.
+fn state_with_foreign_key_groups(attempt: AttemptId, location: &str) -> Vec<StateHandle> {
+    let mut handles = state(attempt, location);
+    if attempt == MAP1 {
+        handles.push(keyed("window", "map1", 0, 127));
+    }
+    handles
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkpoint_whose_keyed_state_cannot_be_assembled_fails_with_finalize_and_counts() {
+    let h = Harness::started(CheckpointPolicy {
+        tolerable_failures: 1,
+        ..policy()
+    })
+    .await;
+    let figures = |h: &Harness| {
+        let stats = h.stats();
+        (stats.consecutive_failures, stats.failing)
+    };
+    for id in [1, 2] {
+        let handle = h.checkpoint().await;
+        h.sent();
+        let location = h.location(id);
+        for attempt in ALL {
+            h.ack(
+                id,
+                attempt,
+                state_with_foreign_key_groups(attempt, &location),
+            );
+        }
+        let message = expect_failure(handle.wait().await, FailureReason::Finalize);
+        assert!(
+            message.contains("map#1") && message.contains("key groups 0..=127"),
+            "{message}"
+        );
+        let mut expected = aborted(id, FailureReason::Finalize, &ALL);
+        if id == 2 {
+            expected.extend(marked_failing(true));
+        }
+        assert_eq!(h.sent(), expected);
+    }
+    assert_eq!(
+        figures(&h),
+        (2, true),
+        "FINALIZE counts toward the tolerance"
+    );
+    assert!(
+        h.stores
+            .checkpoints
+            .load_all(&job_id(JOB))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing is written"
+    );
+    settle().await;
+    let mut discarded = h.discarded();
+    discarded.sort();
+    let mut expected: Vec<String> = [1, 2]
+        .iter()
+        .flat_map(|id| ALL.iter().map(move |a| (*id, *a)))
+        .map(|(id, a)| format!("{}/state-{a}", h.location(id)))
+        .collect();
+    expected.sort();
+    assert_eq!(discarded, expected, "the acked state is cleaned up");
+
+    let savepoint = h.savepoint().await;
+    let path = savepoint.path.clone().unwrap();
+    for attempt in ALL {
+        h.ack(3, attempt, state_with_foreign_key_groups(attempt, &path));
+    }
+    expect_failure(savepoint.wait().await, FailureReason::Finalize);
+    assert_eq!(figures(&h), (2, true), "savepoint failures never count");
+    assert!(h.stores.savepoints.read(&path).await.is_err());
+    let stats = h.stats();
+    assert_eq!(
+        stats.failed_by_reason.get(&FailureReason::Finalize),
+        Some(&3)
+    );
+    assert_eq!(stats.failed_by_reason.get(&FailureReason::StoreIo), None);
+}
+
+#[test]
+fn metadata_that_does_not_encode_is_a_finalize_failure_and_a_failed_write_is_store_io() {
+    struct Unencodable;
+    impl serde::Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no representation"))
+        }
+    }
+    let encoding = crate::store::encode_record(
+        crate::store::codec::RecordKind::Checkpoint,
+        &Unencodable,
+        "chk-7",
+    )
+    .unwrap_err();
+    let failure = super::store_failure(SnapshotKind::Checkpoint, CheckpointId(7), encoding);
+    assert_eq!(failure.reason, FailureReason::Finalize);
+    assert!(failure.message.contains("chk-7"), "{failure}");
+    let io = StoreError::io(
+        "writing",
+        "chk-7",
+        std::io::Error::from(std::io::ErrorKind::StorageFull),
+    );
+    let failure = super::store_failure(SnapshotKind::Checkpoint, CheckpointId(7), io);
+    assert_eq!(failure.reason, FailureReason::StoreIo);
 }
 
 #[tokio::test(start_paused = true)]
@@ -2031,6 +2248,10 @@ impl SavepointStore for HangingWrites {
 
     async fn dispose(&self, path: &str) -> StoreResult<bool> {
         self.0.dispose(path).await
+    }
+
+    async fn retire(&self, path: &str) -> StoreResult<bool> {
+        self.0.retire(path).await
     }
 }
 

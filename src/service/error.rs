@@ -55,6 +55,7 @@ fn store_error_code(error: &StoreError) -> Code {
         }
         StoreError::Io { .. } | StoreError::Unavailable(_) => Code::Unavailable,
         StoreError::Corrupted { .. } => Code::DataLoss,
+        StoreError::Encode { .. } => Code::Internal,
     }
 }
 

@@ -59,9 +59,14 @@ pub enum DecodeError {
     Payload(String),
 }
 
+/// Why a value could not be encoded; nothing is written then.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the value does not encode: {0}")]
+pub struct EncodeError(String);
+
 /// Encodes `value` as a record of `kind`.
-pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Vec<u8> {
-    let payload = postcard::to_stdvec(value).expect("in-memory metadata always serializes");
+pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Result<Vec<u8>, EncodeError> {
+    let payload = postcard::to_stdvec(value).map_err(|e| EncodeError(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -70,7 +75,7 @@ pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Vec<u8> {
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
-    out
+    Ok(out)
 }
 
 /// Decodes a record that must be of `kind`, checking every header field and the checksum.
@@ -116,14 +121,14 @@ mod tests {
 
     #[test]
     fn round_trips_a_value() {
-        let bytes = encode(RecordKind::IdCounter, &(7u64, "job".to_string()));
+        let bytes = encode(RecordKind::IdCounter, &(7u64, "job".to_string())).unwrap();
         let back: (u64, String) = decode(RecordKind::IdCounter, &bytes).unwrap();
         assert_eq!(back, (7, "job".to_string()));
     }
 
     #[test]
     fn every_single_bit_flip_is_detected() {
-        let bytes = encode(RecordKind::Job, &vec![1u32, 2, 3, 400_000]);
+        let bytes = encode(RecordKind::Job, &vec![1u32, 2, 3, 400_000]).unwrap();
         for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut corrupted = bytes.clone();
@@ -142,7 +147,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_detected() {
-        let bytes = encode(RecordKind::Savepoint, &"some metadata".to_string());
+        let bytes = encode(RecordKind::Savepoint, &"some metadata".to_string()).unwrap();
         for len in 0..bytes.len() {
             assert!(decode::<String>(RecordKind::Savepoint, &bytes[..len]).is_err());
         }
@@ -150,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_record_of_another_kind_is_refused() {
-        let bytes = encode(RecordKind::Checkpoint, &1u64);
+        let bytes = encode(RecordKind::Checkpoint, &1u64).unwrap();
         assert_eq!(
             decode::<u64>(RecordKind::Savepoint, &bytes),
             Err(DecodeError::WrongKind {
@@ -162,11 +167,26 @@ mod tests {
 
     #[test]
     fn an_unknown_version_is_refused() {
-        let mut bytes = encode(RecordKind::Job, &1u64);
+        let mut bytes = encode(RecordKind::Job, &1u64).unwrap();
         bytes[4] = 9;
         assert_eq!(
             decode::<u64>(RecordKind::Job, &bytes),
             Err(DecodeError::UnsupportedVersion(9))
         );
+    }
+
+    /// A value whose serialization fails, like one the format cannot represent.
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no representation"))
+        }
+    }
+
+    #[test]
+    fn a_value_that_does_not_serialize_is_an_error_not_a_panic() {
+        let error = encode(RecordKind::Savepoint, &Unencodable).unwrap_err();
+        assert!(error.to_string().contains("does not encode"), "{error}");
     }
 }

@@ -27,6 +27,9 @@ pub struct FaultPlan {
     /// Reads of metadata fail with this error kind, e.g. [`ErrorKind::PermissionDenied`]
     /// for an unreadable directory.
     pub failing_reads: Option<ErrorKind>,
+    /// Disposals mark the savepoint retired (it leaves the index) and then never go on to
+    /// delete anything: what a server that dies in the middle of a disposal leaves behind.
+    pub interrupted_disposals: bool,
 }
 
 /// Shared handle to change the active faults.
@@ -220,8 +223,22 @@ impl<S: SavepointStore> SavepointStore for FaultyStore<S> {
     }
 
     async fn dispose(&self, path: &str) -> StoreResult<bool> {
+        let plan = self.switch.plan();
+        if plan.interrupted_disposals && concerns(&plan, job_of_path(path)) {
+            self.inner.retire(path).await?;
+            tracing::info!(
+                path,
+                "disposal interrupted after the retirement (injected fault)"
+            );
+            return std::future::pending().await;
+        }
         self.before_write(job_of_path(path), path).await?;
         self.inner.dispose(path).await
+    }
+
+    async fn retire(&self, path: &str) -> StoreResult<bool> {
+        self.before_write(job_of_path(path), path).await?;
+        self.inner.retire(path).await
     }
 
     async fn resume_disposals(&self, job: &JobId) -> StoreResult<u64> {

@@ -20,7 +20,7 @@ use super::codec::{self, RecordKind};
 use super::{
     CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore,
     OwnedStateStore, SavepointRecord, SavepointStore, StoreError, StoreResult, UnreadableJob,
-    savepoint_dir_name,
+    encode_record, savepoint_dir_name,
 };
 use crate::coordinator::model::{
     CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateData,
@@ -248,7 +248,7 @@ fn write_record<T: Serialize>(
     path: &Path,
     value: &T,
 ) -> StoreResult<()> {
-    inner.write_atomic(path, &codec::encode(kind, value))
+    inner.write_atomic(path, &encode_record(kind, value, path.display())?)
 }
 
 fn remove_file_if_exists(path: &Path) -> StoreResult<()> {
@@ -482,6 +482,12 @@ impl SavepointStore for FsStore {
     ) -> StoreResult<String> {
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
         let snapshot = snapshot.clone();
+        // Encoded first, so a snapshot that does not encode leaves no directory behind.
+        let bytes = encode_record(
+            RecordKind::Savepoint,
+            &snapshot,
+            format!("{path}/{METADATA_FILE}"),
+        )?;
         self.blocking(move |inner| {
             let dir = PathBuf::from(&path);
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
@@ -490,7 +496,7 @@ impl SavepointStore for FsStore {
                 sync_parent(&dir).or_else(|_| sync_parent(parent))?;
             }
             let metadata = dir.join(METADATA_FILE);
-            inner.create_atomic(&metadata, &codec::encode(RecordKind::Savepoint, &snapshot))?;
+            inner.create_atomic(&metadata, &bytes)?;
             let record = SavepointRecord {
                 job_id: snapshot.job_id.clone(),
                 checkpoint_id: snapshot.checkpoint_id,
@@ -540,19 +546,14 @@ impl SavepointStore for FsStore {
     }
 
     async fn dispose(&self, path: &str) -> StoreResult<bool> {
-        let mut dir = absolute_dir(path)?;
-        if dir.file_name().is_some_and(|n| n == METADATA_FILE) {
-            dir.pop();
-        }
-        let (job, id) = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_savepoint_dir_name)
-            .ok_or_else(|| StoreError::InvalidLocation {
-                location: path.to_string(),
-                detail: "not a savepoint directory (savepoint-<job>-<id>)".to_string(),
-            })?;
+        let (dir, job, id) = savepoint_dir_of(path)?;
         self.blocking(move |inner| dispose_savepoint(inner, &job, id, &dir))
+            .await
+    }
+
+    async fn retire(&self, path: &str) -> StoreResult<bool> {
+        let (_, job, id) = savepoint_dir_of(path)?;
+        self.blocking(move |inner| retire_savepoint(inner, &job, id))
             .await
     }
 
@@ -585,6 +586,41 @@ fn index_entries(inner: &Inner, job: &JobId) -> StoreResult<Vec<(PathBuf, IndexE
     Ok(entries)
 }
 
+/// The savepoint directory `path` names (it or its `_metadata` file), with its job and id.
+fn savepoint_dir_of(path: &str) -> StoreResult<(PathBuf, JobId, CheckpointId)> {
+    let mut dir = absolute_dir(path)?;
+    if dir.file_name().is_some_and(|n| n == METADATA_FILE) {
+        dir.pop();
+    }
+    let (job, id) = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_savepoint_dir_name)
+        .ok_or_else(|| StoreError::InvalidLocation {
+            location: path.to_string(),
+            detail: "not a savepoint directory (savepoint-<job>-<id>)".to_string(),
+        })?;
+    Ok((dir, job, id))
+}
+
+/// Marks the index entry of savepoint `id` retired; whether there was an entry. An
+/// unreadable entry counts as one (disposal removes it).
+fn retire_savepoint(inner: &Inner, job: &JobId, id: CheckpointId) -> StoreResult<bool> {
+    let index = inner.savepoint_record(job, id);
+    match read_record::<IndexEntry>(RecordKind::SavepointIndex, &index) {
+        Ok(Some(mut entry)) => {
+            if !entry.retired {
+                entry.retired = true;
+                write_record(inner, RecordKind::SavepointIndex, &index, &entry)?;
+            }
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(StoreError::Corrupted { .. }) => Ok(true),
+        Err(error) => Err(error),
+    }
+}
+
 /// Disposal in crash-safe order: mark the index entry retired, delete the metadata (it
 /// is no longer a savepoint), delete the directory, drop the index entry.
 fn dispose_savepoint(
@@ -594,20 +630,7 @@ fn dispose_savepoint(
     dir: &Path,
 ) -> StoreResult<bool> {
     let index = inner.savepoint_record(job, id);
-    let mut existed = false;
-    match read_record::<IndexEntry>(RecordKind::SavepointIndex, &index) {
-        Ok(Some(mut entry)) => {
-            existed = true;
-            if !entry.retired {
-                entry.retired = true;
-                write_record(inner, RecordKind::SavepointIndex, &index, &entry)?;
-            }
-        }
-        Ok(None) => {}
-        // An unreadable entry is replaced by the removal below.
-        Err(StoreError::Corrupted { .. }) => existed = true,
-        Err(error) => return Err(error),
-    }
+    let mut existed = retire_savepoint(inner, job, id)?;
     let metadata = dir.join(METADATA_FILE);
     existed |= metadata.exists();
     remove_file_if_exists(&metadata)?;
@@ -917,6 +940,32 @@ mod tests {
         assert!(!Path::new(&path).exists(), "no orphaned files");
         assert!(!index.exists());
         assert_eq!(reopened.resume_disposals(&job()).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_retired_savepoint_is_no_longer_listed_and_its_files_stay_until_disposal() {
+        let data = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let target = target.path().to_str().unwrap();
+        let sp = snapshot(4, SnapshotKind::Savepoint);
+        let path = store
+            .write(target, &sp, SavepointTrigger::Manual)
+            .await
+            .unwrap();
+        assert!(store.retire(&path).await.unwrap());
+        assert!(store.list(&job()).await.unwrap().is_empty());
+        assert!(Path::new(&path).join(METADATA_FILE).is_file());
+        assert!(
+            store.retire(&path).await.unwrap(),
+            "retiring twice is harmless"
+        );
+        assert!(store.dispose(&path).await.unwrap());
+        assert!(!Path::new(&path).exists());
+        assert!(
+            !store.retire(&path).await.unwrap(),
+            "nothing left to retire"
+        );
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use crate::coordinator::model::{
     StateHandle,
 };
 use async_trait::async_trait;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -23,6 +23,8 @@ struct Maps {
     checkpoints: BTreeMap<JobId, BTreeMap<CheckpointId, CompletedSnapshot>>,
     /// Savepoint metadata and how it was triggered, by path.
     savepoints: BTreeMap<String, (CompletedSnapshot, SavepointTrigger)>,
+    /// Savepoints being disposed of: no longer listed, their metadata still readable.
+    retired: BTreeSet<String>,
     operations: BTreeMap<(JobId, String), SavepointOperation>,
     discarded: Vec<String>,
 }
@@ -184,8 +186,7 @@ impl SavepointStore for MemoryStore {
     }
 
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
-        let path = path.trim_end_matches('/');
-        let path = path.strip_suffix("/_metadata").unwrap_or(path);
+        let path = savepoint_key(path);
         self.maps()
             .savepoints
             .get(path)
@@ -196,11 +197,11 @@ impl SavepointStore for MemoryStore {
     }
 
     async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>> {
-        let mut records: Vec<SavepointRecord> = self
-            .maps()
+        let maps = self.maps();
+        let mut records: Vec<SavepointRecord> = maps
             .savepoints
             .iter()
-            .filter(|(_, (s, _))| &s.job_id == job)
+            .filter(|(path, (s, _))| &s.job_id == job && !maps.retired.contains(*path))
             .map(|(path, (s, trigger))| SavepointRecord {
                 job_id: s.job_id.clone(),
                 checkpoint_id: s.checkpoint_id,
@@ -216,10 +217,46 @@ impl SavepointStore for MemoryStore {
     }
 
     async fn dispose(&self, path: &str) -> StoreResult<bool> {
-        let path = path.trim_end_matches('/');
-        let path = path.strip_suffix("/_metadata").unwrap_or(path);
-        Ok(self.maps().savepoints.remove(path).is_some())
+        let path = savepoint_key(path);
+        let mut maps = self.maps();
+        maps.retired.remove(path);
+        Ok(maps.savepoints.remove(path).is_some())
     }
+
+    async fn retire(&self, path: &str) -> StoreResult<bool> {
+        let path = savepoint_key(path);
+        let mut maps = self.maps();
+        if !maps.savepoints.contains_key(path) {
+            return Ok(false);
+        }
+        maps.retired.insert(path.to_string());
+        Ok(true)
+    }
+
+    async fn resume_disposals(&self, job: &JobId) -> StoreResult<u64> {
+        let mut maps = self.maps();
+        let Maps {
+            savepoints,
+            retired,
+            ..
+        } = &mut *maps;
+        let mut resumed = 0;
+        retired.retain(|path| {
+            let ours = savepoints.get(path).is_some_and(|(s, _)| &s.job_id == job);
+            if ours {
+                savepoints.remove(path);
+                resumed += 1;
+            }
+            !ours
+        });
+        Ok(resumed)
+    }
+}
+
+/// The key of the savepoint `path` names (its directory or its `_metadata` file).
+fn savepoint_key(path: &str) -> &str {
+    let path = path.trim_end_matches('/');
+    path.strip_suffix("/_metadata").unwrap_or(path)
 }
 
 #[async_trait]

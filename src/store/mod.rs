@@ -43,6 +43,13 @@ pub enum StoreError {
     /// The backend cannot be reached or refused the operation (used by injected faults too).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The metadata could not be encoded into the record format; nothing was written.
+    #[error("encoding {what} failed: {source}")]
+    Encode {
+        what: String,
+        #[source]
+        source: codec::EncodeError,
+    },
 }
 
 impl StoreError {
@@ -56,6 +63,18 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Encodes `value` as a record of `kind`; `what` names it in the error.
+pub fn encode_record<T: Serialize>(
+    kind: codec::RecordKind,
+    value: &T,
+    what: impl std::fmt::Display,
+) -> StoreResult<Vec<u8>> {
+    codec::encode(kind, value).map_err(|source| StoreError::Encode {
+        what: what.to_string(),
+        source,
+    })
+}
 
 /// Durable per-job checkpoint ID counter. IDs are reserved in blocks so the hot path
 /// rarely touches the backend; a block that is never fully used leaves a gap, never a reuse.
@@ -158,6 +177,11 @@ pub trait SavepointStore: Send + Sync {
     /// marked for disposal, finished by [`SavepointStore::resume_disposals`]; it never
     /// leaves files nobody knows about.
     async fn dispose(&self, path: &str) -> StoreResult<bool>;
+    /// The first step of [`SavepointStore::dispose`] alone: marks the savepoint's index
+    /// entry for disposal, so it is no longer listed, and leaves its files for `dispose`
+    /// or [`SavepointStore::resume_disposals`] to delete. Returns false if the index has
+    /// no entry for it.
+    async fn retire(&self, path: &str) -> StoreResult<bool>;
     /// `path` as it really is on the backend, to compare against the savepoint roots:
     /// absolute, normalized, and (where the backend has them) with links followed.
     fn resolve(&self, path: &str) -> StoreResult<std::path::PathBuf> {

@@ -26,7 +26,7 @@
 use super::codec::{self, RecordKind};
 use super::{
     CompletedCheckpointStore, OwnedStateStore, SavepointRecord, SavepointStore, StoreError,
-    StoreResult, savepoint_dir_name,
+    StoreResult, encode_record, savepoint_dir_name,
 };
 use crate::coordinator::model::{
     CheckpointId, CompletedSnapshot, JobId, SavepointTrigger, StateData, StateHandle, validate_name,
@@ -314,8 +314,8 @@ impl BucketStore {
         key: &Path,
         value: &T,
     ) -> StoreResult<()> {
-        self.put(key, codec::encode(kind, value), PutMode::Overwrite)
-            .await
+        let bytes = encode_record(kind, value, key)?;
+        self.put(key, bytes, PutMode::Overwrite).await
     }
 
     async fn put(&self, key: &Path, bytes: Vec<u8>, mode: PutMode) -> StoreResult<()> {
@@ -429,6 +429,28 @@ impl BucketStore {
         Ok((key, job, id))
     }
 
+    /// Marks the index entry of savepoint `id` retired; whether there was an entry. An
+    /// unreadable entry counts as one (disposal replaces it).
+    async fn retire_entry(&self, job: &JobId, id: CheckpointId) -> StoreResult<bool> {
+        let index = self.index_key(job, id);
+        match self
+            .read_record::<IndexEntry>(RecordKind::SavepointIndex, &index)
+            .await
+        {
+            Ok(Some(mut entry)) => {
+                if !entry.retired {
+                    entry.retired = true;
+                    self.write_record(RecordKind::SavepointIndex, &index, &entry)
+                        .await?;
+                }
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(StoreError::Corrupted { .. }) => Ok(true),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Disposal in crash-safe order: mark the index entry retired, delete the metadata (it
     /// is no longer a savepoint), delete the rest of the directory, drop the index entry.
     async fn dispose_savepoint(
@@ -438,24 +460,7 @@ impl BucketStore {
         id: CheckpointId,
     ) -> StoreResult<bool> {
         let index = self.index_key(job, id);
-        let mut existed = false;
-        match self
-            .read_record::<IndexEntry>(RecordKind::SavepointIndex, &index)
-            .await
-        {
-            Ok(Some(mut entry)) => {
-                existed = true;
-                if !entry.retired {
-                    entry.retired = true;
-                    self.write_record(RecordKind::SavepointIndex, &index, &entry)
-                        .await?;
-                }
-            }
-            Ok(None) => {}
-            // An unreadable entry is replaced by the removal below.
-            Err(StoreError::Corrupted { .. }) => existed = true,
-            Err(error) => return Err(error),
-        }
+        let mut existed = self.retire_entry(job, id).await?;
         let objects = self.list_keys(dir).await?;
         existed |= !objects.is_empty();
         let metadata = dir.clone().join(METADATA_OBJECT);
@@ -547,12 +552,8 @@ impl SavepointStore for BucketStore {
     ) -> StoreResult<String> {
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
         let metadata = self.key_of(&path)?.join(METADATA_OBJECT);
-        self.put(
-            &metadata,
-            codec::encode(RecordKind::Savepoint, snapshot),
-            PutMode::Create,
-        )
-        .await?;
+        let bytes = encode_record(RecordKind::Savepoint, snapshot, &path)?;
+        self.put(&metadata, bytes, PutMode::Create).await?;
         let entry = IndexEntry {
             record: SavepointRecord {
                 job_id: snapshot.job_id.clone(),
@@ -598,6 +599,11 @@ impl SavepointStore for BucketStore {
     async fn dispose(&self, path: &str) -> StoreResult<bool> {
         let (dir, job, id) = self.savepoint_dir(path)?;
         self.dispose_savepoint(&dir, &job, id).await
+    }
+
+    async fn retire(&self, path: &str) -> StoreResult<bool> {
+        let (_, job, id) = self.savepoint_dir(path)?;
+        self.retire_entry(&job, id).await
     }
 
     async fn resume_disposals(&self, job: &JobId) -> StoreResult<u64> {

@@ -338,7 +338,7 @@ fn survives_round_trip_and_damage<T>(
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
-    let bytes = encode(kind, value);
+    let bytes = encode(kind, value).expect("generated values encode");
     prop_assert_eq!(
         &decode::<T>(kind, &bytes).expect("own encoding decodes"),
         value
@@ -434,7 +434,7 @@ proptest! {
 
     #[test]
     fn a_record_is_never_read_as_another_kind(snapshot in completed_snapshot()) {
-        let bytes = encode(RecordKind::Checkpoint, &snapshot);
+        let bytes = encode(RecordKind::Checkpoint, &snapshot).unwrap();
         let as_savepoint = decode::<CompletedSnapshot>(RecordKind::Savepoint, &bytes);
         prop_assert!(
             matches!(as_savepoint, Err(DecodeError::WrongKind { .. })),
