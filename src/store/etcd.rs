@@ -17,7 +17,7 @@
 use super::codec::{self, RecordKind};
 use super::{
     IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore, StoreError, StoreResult,
-    UnreadableJob,
+    UnreadableJob, encode_record,
 };
 use crate::coordinator::model::{CheckpointId, JobId, SavepointOperation, validate_name};
 use crate::ha::etcd::{self, EtcdClient, EtcdError};
@@ -207,7 +207,8 @@ impl IdCounterStore for EtcdStore {
 impl JobStore for EtcdStore {
     async fn save(&self, record: &JobRecord) -> StoreResult<()> {
         let key = format!("{}{}", self.jobs_prefix(), record.spec.job_id);
-        self.put(&key, codec::encode(RecordKind::Job, record)).await
+        self.put(&key, encode_record(RecordKind::Job, record, &key)?)
+            .await
     }
 
     async fn remove(&self, job: &JobId) -> StoreResult<()> {
@@ -249,7 +250,7 @@ impl JobStore for EtcdStore {
 impl OperationStore for EtcdStore {
     async fn save(&self, operation: &SavepointOperation) -> StoreResult<()> {
         let key = self.operation_key(&operation.job_id, &operation.operation_id)?;
-        self.put(&key, codec::encode(RecordKind::Operation, operation))
+        self.put(&key, encode_record(RecordKind::Operation, operation, &key)?)
             .await
     }
 
