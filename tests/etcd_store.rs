@@ -6,16 +6,20 @@ mod common;
 
 use common::etcd::EtcdCluster;
 use savepoint_coordinator::coordinator::model::{
-    CheckpointId, CheckpointPolicy, JobId, JobSpec, JobStatus, OperationOutcome,
-    SavepointOperation, SavepointTrigger, VertexSpec,
+    CheckpointId, CheckpointPolicy, CompletedSnapshot, JobId, JobSpec, JobStatus, OperationOutcome,
+    SavepointOperation, SavepointTrigger, SnapshotKind, StateData, StateHandle, SubtaskState,
+    VertexSpec, VertexState,
 };
 use savepoint_coordinator::ha::election::{self, ElectionConfig, Role};
 use savepoint_coordinator::ha::etcd::{self, EtcdClient};
 use savepoint_coordinator::store::etcd::EtcdStore;
+use savepoint_coordinator::store::object::BucketStore;
+use savepoint_coordinator::store::{CompletedCheckpointStore, SavepointStore};
 use savepoint_coordinator::store::{
     IdCounterStore, JobRecord, JobStore, OperationStore, StoreError,
 };
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -306,4 +310,133 @@ async fn the_client_keeps_working_while_a_minority_of_members_is_down() {
         cluster.wait_until_serving().await;
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
+fn completed(job_id: &str, id: u64, kind: SnapshotKind) -> CompletedSnapshot {
+    CompletedSnapshot {
+        job_id: job(job_id),
+        checkpoint_id: CheckpointId(id),
+        kind,
+        trigger_timestamp_ms: 10,
+        completion_timestamp_ms: 25,
+        claimed_path: None,
+        vertices: vec![VertexState {
+            vertex_id: "src".to_string(),
+            parallelism: 1,
+            max_parallelism: 128,
+            subtasks: vec![SubtaskState {
+                subtask_index: 0,
+                handles: vec![StateHandle {
+                    name: "offsets".to_string(),
+                    data: StateData::Inline(bytes::Bytes::from(format!("offset@{id}"))),
+                    key_groups: None,
+                }],
+            }],
+        }],
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_and_savepoints_a_deposed_leader_writes_never_count() {
+    let cluster = EtcdCluster::start(1).await;
+    let key = "/pointers/leader";
+    let bucket = Arc::new(
+        BucketStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "mem://bucket/p",
+        )
+        .unwrap(),
+    );
+    let (stop_a, stop_a_rx) = watch::channel(false);
+    let (mut role_a, task_a) =
+        election::campaign(cluster.client(), election_config(key, "a:1"), stop_a_rx);
+    let fence_a = wait_for_role(&mut role_a, |r| matches!(r, Role::Leader { .. }))
+        .await
+        .fence(key);
+    let store_a = EtcdStore::new(cluster.client(), "/pointers", fence_a);
+    let (checkpoints_a, savepoints_a) = store_a.snapshot_records(bucket.clone(), bucket.clone());
+
+    checkpoints_a
+        .add(&completed("j", 1, SnapshotKind::Checkpoint))
+        .await
+        .unwrap();
+    let kept = savepoints_a
+        .write(
+            "mem://bucket/p/savepoints",
+            &completed("j", 2, SnapshotKind::Savepoint),
+            SavepointTrigger::Manual,
+        )
+        .await
+        .unwrap();
+
+    // a is deposed; b leads.
+    stop_a.send(true).unwrap();
+    task_a.await.unwrap();
+    let (_stop_b, stop_b_rx) = watch::channel(false);
+    let (mut role_b, _task_b) =
+        election::campaign(cluster.client(), election_config(key, "b:1"), stop_b_rx);
+    let fence_b = wait_for_role(&mut role_b, |r| matches!(r, Role::Leader { .. }))
+        .await
+        .fence(key);
+
+    // a's late checkpoint and savepoint fail, and leave nothing in the bucket.
+    let late = checkpoints_a
+        .add(&completed("j", 3, SnapshotKind::Checkpoint))
+        .await;
+    assert!(late.is_err(), "{late:?}");
+    let late = savepoints_a
+        .write(
+            "mem://bucket/p/savepoints",
+            &completed("j", 4, SnapshotKind::Savepoint),
+            SavepointTrigger::Manual,
+        )
+        .await;
+    assert!(late.is_err(), "{late:?}");
+    let in_bucket: Vec<_> = CompletedCheckpointStore::load_all(bucket.as_ref(), &job("j"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.checkpoint_id.0)
+        .collect();
+    assert_eq!(
+        in_bucket,
+        [1],
+        "the refused checkpoint's object was taken back"
+    );
+    let bucket_index: Vec<_> = SavepointStore::list(bucket.as_ref(), &job("j"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.checkpoint_id.0)
+        .collect();
+    assert_eq!(bucket_index, [2], "the refused savepoint was taken back");
+
+    // b sees exactly what a wrote while it led.
+    let store_b = EtcdStore::new(cluster.client(), "/pointers", fence_b);
+    let (checkpoints_b, savepoints_b) = store_b.snapshot_records(bucket.clone(), bucket.clone());
+    let retained = checkpoints_b.load_all(&job("j")).await.unwrap();
+    assert_eq!(retained, vec![completed("j", 1, SnapshotKind::Checkpoint)]);
+    let history = savepoints_b.list(&job("j")).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].path, kept);
+    assert_eq!(
+        savepoints_b.read(&kept).await.unwrap().checkpoint_id,
+        CheckpointId(2)
+    );
+
+    // Disposal through b removes the history entry and the files; it is idempotent.
+    assert!(savepoints_b.dispose(&kept).await.unwrap());
+    assert!(savepoints_b.list(&job("j")).await.unwrap().is_empty());
+    assert!(
+        SavepointStore::list(bucket.as_ref(), &job("j"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!savepoints_b.dispose(&kept).await.unwrap());
+    checkpoints_b
+        .remove(&job("j"), CheckpointId(1))
+        .await
+        .unwrap();
+    assert!(checkpoints_b.load_all(&job("j")).await.unwrap().is_empty());
 }

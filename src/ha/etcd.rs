@@ -314,6 +314,17 @@ pub fn delete(key: &str) -> RequestOp {
     }
 }
 
+/// Operation: delete every key under `prefix`.
+pub fn delete_prefix(prefix: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            prev_kv: false,
+        })),
+    }
+}
+
 /// Operation: read `key`.
 pub fn get(key: &str) -> RequestOp {
     RequestOp {

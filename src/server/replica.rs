@@ -7,16 +7,18 @@
 //! and calls answer UNAVAILABLE naming the leader. On election it opens a term: a
 //! coordinator whose etcd writes are fenced on this leadership, recovered from what the
 //! previous leader left (jobs, retained checkpoints, periodic schedules, operations in
-//! flight), and opens the gate. When leadership is lost it closes the gate first, then
-//! the term, at once: pending snapshots fail, task manager streams end, and the task
-//! managers reconnect to the new leader.
+//! flight), and opens the gate. Retained checkpoints and the savepoint history count only
+//! with a fenced record in etcd (`store::etcd`), so nothing a deposed leader still writes
+//! to the bucket becomes part of what its successor loads. When leadership is lost the
+//! replica closes the gate first, then the term, at once: pending snapshots fail, task
+//! manager streams end, and the task managers reconnect to the new leader.
 
 use super::{ServerConfig, ServerError, Serving, Term};
 use crate::ha::election::{self, ElectionConfig, Role};
 use crate::ha::etcd::EtcdClient;
 use crate::service::gate::GateState;
-use crate::store::MetadataStores;
 use crate::store::etcd::EtcdStore;
+use crate::store::{MetadataStores, Stores};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,12 +144,19 @@ pub(super) async fn run(
         let current = role.borrow_and_update().clone();
         match &current {
             Role::Leader { revision, .. } if term.is_none() => {
-                let metadata = MetadataStores::all_in(Arc::new(EtcdStore::new(
-                    client.clone(),
-                    &prefix,
-                    current.fence(&election_config.key),
-                )));
-                let stores = snapshot_stores.clone().with_metadata(metadata);
+                let etcd =
+                    EtcdStore::new(client.clone(), &prefix, current.fence(&election_config.key));
+                let (checkpoints, savepoints) = etcd.snapshot_records(
+                    snapshot_stores.checkpoints.clone(),
+                    snapshot_stores.savepoints.clone(),
+                );
+                let stores = Stores {
+                    checkpoints: Arc::new(checkpoints),
+                    savepoints: Arc::new(savepoints),
+                    ..snapshot_stores
+                        .clone()
+                        .with_metadata(MetadataStores::all_in(Arc::new(etcd)))
+                };
                 let leader_epoch = u64::try_from(*revision).unwrap_or_default();
                 match Term::open(&config, stores, leader_epoch, authenticator.clone()).await {
                     Ok(opened) => {

@@ -16,12 +16,15 @@
 
 use super::codec::{self, RecordKind};
 use super::{
-    IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore, StoreError, StoreResult,
-    UnreadableJob, encode_record,
+    CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore,
+    SavepointRecord, SavepointStore, StoreError, StoreResult, UnreadableJob, encode_record,
 };
-use crate::coordinator::model::{CheckpointId, JobId, SavepointOperation, validate_name};
+use crate::coordinator::model::{
+    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, validate_name,
+};
 use crate::ha::etcd::{self, EtcdClient, EtcdError};
 use async_trait::async_trait;
+use std::sync::Arc;
 
 /// The leadership a writer holds: the leader key and the revision at which this writer
 /// created it. Writes apply only while the key still has that creation revision.
@@ -32,7 +35,16 @@ pub struct Fence {
 }
 
 /// How many times a compare-and-swap is retried when another writer got there first.
-const CAS_ATTEMPTS: usize = 16;
+const CAS_ATTEMPTS: u32 = 64;
+
+/// Up to 2^min(attempt, 5) ms, picked at random.
+fn race_backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    let ceiling_us = 1_000u64 << attempt.min(5);
+    std::time::Duration::from_micros(hasher.finish() % ceiling_us)
+}
 
 /// See the module documentation.
 #[derive(Clone, Debug)]
@@ -147,7 +159,12 @@ impl EtcdStore {
         next: impl Fn(u64) -> Option<u64>,
     ) -> StoreResult<u64> {
         let key = self.id_key(job);
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                // Lost a race to another writer: wait a little, randomly, so that two
+                // writers stop colliding.
+                tokio::time::sleep(race_backoff(attempt)).await;
+            }
             let current = self.client.get(&key).await?;
             let (value, revision) = match &current {
                 Some(kv) => (parse_counter(&key, &kv.value)?, kv.mod_revision),
@@ -270,5 +287,237 @@ impl OperationStore for EtcdStore {
 
     async fn remove(&self, job: &JobId, operation_id: &str) -> StoreResult<()> {
         self.delete(&self.operation_key(job, operation_id)?).await
+    }
+}
+
+/// Completed checkpoints whose metadata lives in another store (the bucket) but which
+/// count only once etcd holds a fenced pointer to them: a deposed leader can still
+/// write an object, but never make it part of the retained set its successor loads.
+pub struct EtcdCheckpointPointers {
+    etcd: EtcdStore,
+    inner: Arc<dyn CompletedCheckpointStore>,
+}
+
+/// The savepoint history (index) of each job in etcd, fenced like every other record;
+/// the savepoints themselves (metadata and data) stay in the inner store.
+pub struct EtcdSavepointHistory {
+    etcd: EtcdStore,
+    inner: Arc<dyn SavepointStore>,
+}
+
+impl EtcdStore {
+    fn checkpoints_prefix(&self, job: &JobId) -> String {
+        format!("{}/checkpoints/{job}/", self.prefix)
+    }
+
+    /// Zero-padded, so that etcd's key order is id order.
+    fn checkpoint_pointer(&self, job: &JobId, id: CheckpointId) -> String {
+        format!("{}{:020}", self.checkpoints_prefix(job), id.0)
+    }
+
+    fn history_prefix(&self, job: Option<&JobId>) -> String {
+        match job {
+            Some(job) => format!("{}/savepoints/{job}/", self.prefix),
+            None => format!("{}/savepoints/", self.prefix),
+        }
+    }
+
+    fn history_key(&self, job: &JobId, id: CheckpointId) -> String {
+        format!("{}{:020}", self.history_prefix(Some(job)), id.0)
+    }
+
+    /// Deletes every key under `prefix` under the fence.
+    async fn delete_prefix(&self, prefix: &str) -> StoreResult<()> {
+        self.guarded(Vec::new(), vec![etcd::delete_prefix(prefix)])
+            .await
+            .map(|_| ())
+    }
+
+    /// These stores with checkpoint pointers and savepoint history in etcd as well.
+    pub fn snapshot_records(
+        &self,
+        checkpoints: Arc<dyn CompletedCheckpointStore>,
+        savepoints: Arc<dyn SavepointStore>,
+    ) -> (EtcdCheckpointPointers, EtcdSavepointHistory) {
+        (
+            EtcdCheckpointPointers {
+                etcd: self.clone(),
+                inner: checkpoints,
+            },
+            EtcdSavepointHistory {
+                etcd: self.clone(),
+                inner: savepoints,
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl CompletedCheckpointStore for EtcdCheckpointPointers {
+    async fn add(&self, snapshot: &CompletedSnapshot) -> StoreResult<()> {
+        self.inner.add(snapshot).await?;
+        let key = self
+            .etcd
+            .checkpoint_pointer(&snapshot.job_id, snapshot.checkpoint_id);
+        if let Err(error) = self.etcd.put(&key, Vec::new()).await {
+            // Not retained after all: leave no object that no pointer names.
+            let _ = self
+                .inner
+                .remove(&snapshot.job_id, snapshot.checkpoint_id)
+                .await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, job: &JobId, id: CheckpointId) -> StoreResult<()> {
+        self.etcd
+            .delete(&self.etcd.checkpoint_pointer(job, id))
+            .await?;
+        self.inner.remove(job, id).await
+    }
+
+    async fn load_all(&self, job: &JobId) -> StoreResult<Vec<CompletedSnapshot>> {
+        let prefix = self.etcd.checkpoints_prefix(job);
+        let pointers = self.etcd.client.get_prefix(&prefix).await?;
+        let mut wanted = Vec::with_capacity(pointers.len());
+        for kv in &pointers {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            let id = key[prefix.len()..]
+                .parse::<u64>()
+                .map_err(|_| StoreError::Corrupted {
+                    path: key.clone(),
+                    detail: "a checkpoint pointer whose key does not end in an id".into(),
+                })?;
+            wanted.push((CheckpointId(id), key));
+        }
+        let stored = self.inner.load_all(job).await?;
+        wanted
+            .into_iter()
+            .map(|(id, key)| {
+                stored
+                    .iter()
+                    .find(|s| s.checkpoint_id == id)
+                    .cloned()
+                    .ok_or_else(|| StoreError::Corrupted {
+                        path: key,
+                        detail: format!(
+                            "checkpoint {} is retained but its metadata is missing",
+                            id.0
+                        ),
+                    })
+            })
+            .collect()
+    }
+
+    async fn remove_all(&self, job: &JobId) -> StoreResult<()> {
+        self.etcd
+            .delete_prefix(&self.etcd.checkpoints_prefix(job))
+            .await?;
+        self.inner.remove_all(job).await
+    }
+}
+
+impl EtcdSavepointHistory {
+    /// The history key of the savepoint at `path`, if it is listed.
+    async fn key_of(&self, path: &str) -> StoreResult<Option<String>> {
+        let wanted = path.trim_end_matches('/');
+        let wanted = wanted.strip_suffix("/_metadata").unwrap_or(wanted);
+        for kv in self
+            .etcd
+            .client
+            .get_prefix(&self.etcd.history_prefix(None))
+            .await?
+        {
+            let record = decode_history(&kv)?;
+            if record.path.trim_end_matches('/') == wanted {
+                return Ok(Some(String::from_utf8_lossy(&kv.key).into_owned()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn decode_history(kv: &etcd::KeyValue) -> StoreResult<SavepointRecord> {
+    codec::decode(RecordKind::SavepointIndex, &kv.value).map_err(|e| StoreError::Corrupted {
+        path: String::from_utf8_lossy(&kv.key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+#[async_trait]
+impl SavepointStore for EtcdSavepointHistory {
+    fn savepoint_path(
+        &self,
+        target_dir: &str,
+        job: &JobId,
+        id: CheckpointId,
+    ) -> StoreResult<String> {
+        self.inner.savepoint_path(target_dir, job, id)
+    }
+
+    async fn write(
+        &self,
+        target_dir: &str,
+        snapshot: &CompletedSnapshot,
+        trigger: SavepointTrigger,
+    ) -> StoreResult<String> {
+        let path = self.inner.write(target_dir, snapshot, trigger).await?;
+        let record = self
+            .inner
+            .list(&snapshot.job_id)
+            .await?
+            .into_iter()
+            .find(|r| r.checkpoint_id == snapshot.checkpoint_id)
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("the index entry of the savepoint just written at {path}"),
+            })?;
+        let key = self
+            .etcd
+            .history_key(&snapshot.job_id, snapshot.checkpoint_id);
+        let bytes = encode_record(RecordKind::SavepointIndex, &record, &key)?;
+        if let Err(error) = self.etcd.put(&key, bytes).await {
+            // Never listed, so never reported: take the savepoint back.
+            let _ = self.inner.dispose(&path).await;
+            return Err(error);
+        }
+        Ok(path)
+    }
+
+    async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
+        self.inner.read(path).await
+    }
+
+    async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>> {
+        self.etcd
+            .client
+            .get_prefix(&self.etcd.history_prefix(Some(job)))
+            .await?
+            .iter()
+            .map(decode_history)
+            .collect()
+    }
+
+    async fn dispose(&self, path: &str) -> StoreResult<bool> {
+        let listed = self.retire(path).await?;
+        let deleted = self.inner.dispose(path).await?;
+        Ok(listed || deleted)
+    }
+
+    async fn retire(&self, path: &str) -> StoreResult<bool> {
+        let Some(key) = self.key_of(path).await? else {
+            return self.inner.retire(path).await;
+        };
+        self.etcd.delete(&key).await?;
+        self.inner.retire(path).await?;
+        Ok(true)
+    }
+
+    fn resolve(&self, path: &str) -> StoreResult<std::path::PathBuf> {
+        self.inner.resolve(path)
+    }
+
+    async fn resume_disposals(&self, job: &JobId) -> StoreResult<u64> {
+        self.inner.resume_disposals(job).await
     }
 }
