@@ -608,6 +608,23 @@ impl SimulatedTaskManager {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_bound_and_resets() {
+        let mut backoff = super::Backoff::new();
+        let mut base = super::Backoff::FIRST;
+        for _ in 0..8 {
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= base && delay <= base + base / 2,
+                "{delay:?} for {base:?}"
+            );
+            base = (base * 2).min(super::Backoff::MAX);
+        }
+        assert!(backoff.next_delay() >= super::Backoff::MAX);
+        backoff.reset();
+        assert!(backoff.next_delay() < super::Backoff::FIRST * 2);
+    }
+
     use super::*;
 
     fn vertices() -> Vec<SimulatedVertex> {
@@ -775,7 +792,8 @@ pub struct ReconnectingSummary {
 /// Runs the simulated task managers against whichever of `servers` (addresses of the
 /// replicas, or one Service address) accepts them, until `shutdown` resolves. When a
 /// stream ends (the leader changed or went away) every task manager disconnects and the
-/// cluster reconnects after a [`Backoff`]; a server whose leader epoch is lower than one
+/// cluster reconnects, trying each server in turn and waiting a [`Backoff`] after a
+/// round in which none accepted; a server whose leader epoch is lower than one
 /// already seen (a deposed leader) is passed over.
 pub async fn simulate_reconnecting(
     servers: &[String],
@@ -819,13 +837,19 @@ pub async fn simulate_reconnecting(
                     "passing over a deposed leader"
                 );
                 summary.failed_attempts += 1;
-                tokio::time::sleep(backoff.next_delay()).await;
+                // Every server once, then wait: one of them is likely the new leader.
+                if next_server % servers.len() == 0 {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
                 continue;
             }
             Err(error) => {
                 tracing::debug!(server, "simulated task managers could not connect: {error}");
                 summary.failed_attempts += 1;
-                tokio::time::sleep(backoff.next_delay()).await;
+                // Every server once, then wait: one of them is likely the new leader.
+                if next_server % servers.len() == 0 {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
                 continue;
             }
         };
