@@ -91,10 +91,19 @@ impl TestServer {
     /// Starts a server whose filesystem store in `data_dir` injects the faults that the
     /// returned switch turns on.
     pub async fn start_with_faults(data_dir: &Path) -> (TestServer, FaultSwitch) {
+        TestServer::start_with_faults_and(data_dir, |_| {}).await
+    }
+
+    /// Like [`start_with_faults`](Self::start_with_faults), with settings that
+    /// `configure` changes.
+    pub async fn start_with_faults_and(
+        data_dir: &Path,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> (TestServer, FaultSwitch) {
         let store = FsStore::open(data_dir.to_path_buf()).expect("open the data directory");
         let (stores, faults) = FaultyStore::wrap(std::sync::Arc::new(store));
         (
-            TestServer::start_on(data_dir, Some(stores), |_| {}).await,
+            TestServer::start_on(data_dir, Some(stores), configure).await,
             faults,
         )
     }
