@@ -25,7 +25,8 @@
 //!
 //! `CRASH_TEST_KILLS=N` sets the number of kills (default [`DEFAULT_KILLS`]);
 //! `CRASH_TEST_SEED=S` replays the random kill moments of an earlier run (the seed is
-//! printed at the start and in every failure message).
+//! printed at the start and in every failure message); `CRASH_TEST_REPORT=FILE` also
+//! appends the printed figures to FILE (`.ci/test` shows them).
 
 mod common;
 
@@ -94,7 +95,9 @@ async fn savepoints_survive_kill_9_and_ids_are_never_reused() {
             .unwrap_or_else(|e| panic!("CRASH_TEST_SEED={value:?} is not a number: {e}")),
         Err(_) => seed_from_time(),
     };
-    println!("crash test: {kills} kills, seed {seed} (replay with CRASH_TEST_SEED={seed})");
+    report(&format!(
+        "crash test: {kills} kills, seed {seed} (replay with CRASH_TEST_SEED={seed})"
+    ));
 
     let dir = KeptOnFailure::new();
     let mut run = CrashRun::new(dir.path(), seed);
@@ -108,7 +111,24 @@ async fn savepoints_survive_kill_9_and_ids_are_never_reused() {
         run.start_work().await;
     }
     run.finish().await;
-    println!("crash test passed: {}", run.figures);
+    report(&format!("crash test passed: {}", run.figures));
+}
+
+/// Prints `line`, and appends it to the file `CRASH_TEST_REPORT` names: cargo test hides
+/// what a passing test prints, and `.ci/test` shows that file after the run.
+fn report(line: &str) {
+    println!("{line}");
+    let Ok(path) = std::env::var("CRASH_TEST_REPORT") else {
+        return;
+    };
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()));
+    if let Err(error) = appended {
+        panic!("cannot write the crash test's figures to CRASH_TEST_REPORT={path}: {error}");
+    }
 }
 
 /// Everything one run of the test keeps track of.
