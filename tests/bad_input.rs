@@ -622,3 +622,124 @@ async fn a_slow_unary_call_times_out_while_waiting_triggers_and_streams_go_on() 
     faults.clear();
     server.stop().await;
 }
+
+/// Copies the savepoint directory `from` (its metadata file) to `to`.
+fn copy_savepoint(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    std::fs::copy(from.join("_metadata"), to.join("_metadata")).expect("copy the metadata");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_and_job_directories_outside_the_savepoint_roots_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let vertices = &[("src", 1), ("sink", 1)];
+    let origin = job("origin", vertices, policy(0, 0));
+    register(&mut client, &origin).await;
+    let cluster = Cluster::start(&server, &origin, 1, Acks::All, &[]).await;
+    set_status(&mut client, "origin", proto::JobStatus::Running).await;
+    let savepoint = common::trigger_savepoint(&mut client, "origin")
+        .await
+        .expect("savepoint");
+    drop(cluster);
+    register(&mut client, &job("target", vertices, policy(0, 0))).await;
+
+    // Intact copies of the savepoint where the roots do not reach: in another directory,
+    // in the data directory next to the default root, and behind a link in the root.
+    let original = std::path::Path::new(&savepoint.path);
+    let name = original.file_name().expect("savepoint directory name");
+    let elsewhere = outside.path().join(name);
+    copy_savepoint(original, &elsewhere);
+    let beside = dir.path().join("beside").join(name);
+    copy_savepoint(original, &beside);
+    let link = server.savepoint_dir().join("escape");
+    std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+    let restore = |path: String| proto::RestoreSavepointRequest {
+        job_id: "target".into(),
+        path,
+        ..Default::default()
+    };
+    let savepoint_dir = server.savepoint_dir().display().to_string();
+    for (path, why) in [
+        (
+            elsewhere.display().to_string(),
+            "outside the savepoint roots",
+        ),
+        (
+            format!("{}/_metadata", elsewhere.display()),
+            "outside the savepoint roots",
+        ),
+        (
+            format!("file://{}", elsewhere.display()),
+            "outside the savepoint roots",
+        ),
+        (
+            format!("{savepoint_dir}/../beside/{}", name.to_string_lossy()),
+            "must not contain '..'",
+        ),
+        (
+            format!("{}/{}", link.display(), name.to_string_lossy()),
+            "outside the savepoint roots",
+        ),
+    ] {
+        let message = invalid(
+            within(
+                "RestoreSavepoint",
+                client.restore_savepoint(restore(path.clone())),
+            )
+            .await,
+        );
+        assert!(message.starts_with("path: "), "{path}: {message}");
+        assert!(message.contains(why), "{path}: {message}");
+    }
+    assert_eq!(stats(&mut client, "target").await.restored, 0);
+    // The original, inside the root, restores: the copies were refused for where they are.
+    within(
+        "RestoreSavepoint",
+        client.restore_savepoint(restore(savepoint.path.clone())),
+    )
+    .await
+    .expect("the savepoint inside the root restores");
+    assert_eq!(stats(&mut client, "target").await.restored, 1);
+
+    for dir in [
+        outside.path().display().to_string(),
+        format!("{savepoint_dir}/../beside"),
+        link.display().to_string(),
+    ] {
+        let mut request = job("elsewhere", vertices, policy(0, 0));
+        request.savepoint_dir = dir.clone();
+        let message = invalid(within("RegisterJob", client.register_job(request)).await);
+        assert!(message.starts_with("savepoint_dir: "), "{dir}: {message}");
+    }
+    let status = within(
+        "GetCheckpointStats",
+        client.get_checkpoint_stats(proto::GetCheckpointStatsRequest {
+            job_id: "elsewhere".into(),
+        }),
+    )
+    .await
+    .expect_err("no refused job was registered");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    server.stop().await;
+
+    // Made a root, the directory elsewhere is fine for both.
+    let other = tempfile::tempdir().expect("tempdir");
+    let rooted = TestServer::start_with(other.path(), |config| {
+        config.extra_savepoint_roots = vec![outside.path().to_path_buf()];
+    })
+    .await;
+    let mut client = rooted.savepoints().await;
+    let mut request = job("target", vertices, policy(0, 0));
+    request.savepoint_dir = outside.path().display().to_string();
+    register(&mut client, &request).await;
+    within(
+        "RestoreSavepoint",
+        client.restore_savepoint(restore(elsewhere.display().to_string())),
+    )
+    .await
+    .expect("a savepoint under an extra root restores");
+    rooted.stop().await;
+}
