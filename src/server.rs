@@ -12,6 +12,11 @@
 //! CA is given, and an [`auth::Guard`] in front of SavepointService (role client) and
 //! TaskGateway (role task-manager) when tokens or certificate roles are configured.
 //! Health checking and reflection stay open for probes.
+//!
+//! Limits: message size, requests per connection (shed, not queued), and per service a
+//! server-wide bound on calls in flight plus a timeout for unary calls
+//! ([`request_limits`]); the Connect streams and the calls that wait for a snapshot are
+//! exempt from the timeout.
 
 use crate::coordinator::clock::TokioClock;
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoreError};
@@ -22,6 +27,7 @@ use crate::service::auth::{self, Authenticator, Role};
 use crate::service::convert::DEFAULT_MAX_INLINE_STATE_BYTES;
 use crate::service::gate::{Gate, GateState};
 use crate::service::message_limit::MessageLimitStatusLayer;
+use crate::service::request_limits::{self, Bounded, RequestLimits};
 use crate::service::{SavepointRpc, StreamRegistry, TaskGatewayLimits, TaskGatewayRpc};
 use crate::store::object::{BucketStore, S3Config};
 use crate::store::{MetadataStores, StoreError, Stores};
@@ -32,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
@@ -167,6 +173,17 @@ pub struct ServerConfig {
     /// Requests one connection may have in flight (a task manager's stream counts as
     /// one); beyond it requests are shed with RESOURCE_EXHAUSTED instead of queued.
     pub max_requests_per_connection: usize,
+    /// SavepointService calls that may run at once across all connections (waiting
+    /// triggers included); beyond it calls are refused with RESOURCE_EXHAUSTED.
+    pub max_requests: usize,
+    /// Unary TaskGateway calls (Acknowledge, Decline) that may run at once across all
+    /// connections; their own bound, so waiting triggers can never starve the acks they
+    /// wait for. Connect streams are not counted.
+    pub max_task_gateway_requests: usize,
+    /// How long a unary call may keep its caller waiting before DEADLINE_EXCEEDED. Not
+    /// applied to TriggerSavepoint, StopWithSavepoint and TriggerCheckpoint (they honour
+    /// the client's deadline) nor to Connect streams.
+    pub request_timeout: Duration,
     /// TLS for both services; None serves plaintext.
     pub tls: Option<TlsConfig>,
     /// Caller authentication and roles.
@@ -189,6 +206,9 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             extra_savepoint_roots: Vec::new(),
             max_requests_per_connection: 256,
+            max_requests: 1024,
+            max_task_gateway_requests: 1024,
+            request_timeout: Duration::from_secs(30),
             tls: None,
             auth: AuthConfig::default(),
             ha: None,
@@ -216,6 +236,23 @@ impl ServerConfig {
         }
         if self.max_requests_per_connection == 0 {
             return invalid("max_requests_per_connection", "must be at least 1".into());
+        }
+        for (setting, value) in [
+            ("max_requests", self.max_requests),
+            ("max_task_gateway_requests", self.max_task_gateway_requests),
+        ] {
+            if value == 0 || value > Semaphore::MAX_PERMITS {
+                return invalid(
+                    setting,
+                    format!(
+                        "is {value}, must be between 1 and {}",
+                        Semaphore::MAX_PERMITS
+                    ),
+                );
+            }
+        }
+        if self.request_timeout.is_zero() {
+            return invalid("request_timeout", "must be above 0".into());
         }
         if let Some(object_store) = &self.object_store
             && object_store.url.trim().is_empty()
@@ -406,8 +443,10 @@ struct TermServices {
     task_gateway: TaskGatewayService,
 }
 
-type SavepointService = InterceptedService<SavepointServiceServer<SavepointRpc>, auth::Guard>;
-type TaskGatewayService = InterceptedService<TaskGatewayServer<TaskGatewayRpc>, auth::Guard>;
+type SavepointService =
+    InterceptedService<Bounded<SavepointServiceServer<SavepointRpc>>, auth::Guard>;
+type TaskGatewayService =
+    InterceptedService<Bounded<TaskGatewayServer<TaskGatewayRpc>>, auth::Guard>;
 
 /// One coordinator's life: the whole run of a single server, or one leadership term of
 /// a replica. Closing it fails what is pending and ends every task manager stream (task
@@ -478,6 +517,25 @@ impl Term {
         ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+        // Inside the guard, so calls without the role never take a slot.
+        let savepoints = Bounded::new(
+            savepoints,
+            RequestLimits {
+                setting: "max_requests",
+                max_in_flight: config.max_requests,
+                timeout: config.request_timeout,
+                policy: request_limits::savepoint_service_policy,
+            },
+        );
+        let task_gateway = Bounded::new(
+            task_gateway,
+            RequestLimits {
+                setting: "max_task_gateway_requests",
+                max_in_flight: config.max_task_gateway_requests,
+                timeout: config.request_timeout,
+                policy: request_limits::task_gateway_policy,
+            },
+        );
         let services = TermServices {
             savepoints: InterceptedService::new(
                 savepoints,
@@ -801,6 +859,27 @@ mod tests {
                     ..ServerConfig::default()
                 },
                 "max_message_bytes",
+            ),
+            (
+                ServerConfig {
+                    max_requests: 0,
+                    ..ServerConfig::default()
+                },
+                "max_requests",
+            ),
+            (
+                ServerConfig {
+                    max_task_gateway_requests: usize::MAX,
+                    ..ServerConfig::default()
+                },
+                "max_task_gateway_requests",
+            ),
+            (
+                ServerConfig {
+                    request_timeout: Duration::ZERO,
+                    ..ServerConfig::default()
+                },
+                "request_timeout",
             ),
         ] {
             let error = config.validate().expect_err(setting);

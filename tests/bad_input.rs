@@ -1,12 +1,17 @@
 //! What the server answers to requests it cannot take: unknown jobs, malformed fields,
-//! bad tasks in a Hello, and corrupted savepoint metadata.
+//! bad tasks in a Hello, corrupted savepoint metadata, and more calls or slower ones
+//! than its limits allow.
 
 mod common;
 
 use common::{Acks, Cluster, TestServer, job, policy, register, set_status, stats, within};
 use savepoint_coordinator::client::{Downward, TaskManagerSession};
+use savepoint_coordinator::coordinator::model::JobId;
 use savepoint_coordinator::proto;
 use savepoint_coordinator::proto::task_manager_message::Message as Upward;
+use savepoint_coordinator::store::faults::FaultPlan;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 use tonic::Code;
 
 /// The message of an INVALID_ARGUMENT status; fails the test for anything else.
@@ -440,4 +445,301 @@ async fn oversized_acknowledgements_are_refused_with_resource_exhausted() {
         "{over_message:?}"
     );
     server.stop().await;
+}
+
+/// The ids of the savepoint triggers in a cluster's log, without repeats.
+fn savepoint_ids(log: &[common::Received]) -> BTreeSet<u64> {
+    common::triggers(log)
+        .filter(|t| t.kind() == proto::SnapshotKind::Savepoint)
+        .map(|t| t.checkpoint_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_server_wide_limit_are_refused_on_every_connection_then_served_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path(), |config| {
+        config.max_requests = 2;
+        config.max_requests_per_connection = 64;
+    })
+    .await;
+    let mut client = server.savepoints().await;
+    let spec = job("busy", &[("src", 1), ("sink", 1)], policy(0, 0));
+    register(&mut client, &spec).await;
+    let cluster = Cluster::start(&server, &spec, 2, Acks::HoldSavepoints, &[]).await;
+    set_status(&mut client, "busy", proto::JobStatus::Running).await;
+
+    // Two savepoints whose acks are held take both slots, each over its own connection.
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let mut caller = server.savepoints().await;
+        waiting.push(tokio::spawn(async move {
+            common::trigger_savepoint(&mut caller, "busy").await
+        }));
+    }
+    let held = cluster
+        .wait_for("both savepoints to be triggered", |log| {
+            let ids = savepoint_ids(log);
+            (ids.len() == 2).then_some(ids)
+        })
+        .await;
+
+    // Every further call is refused at once, whichever connection it comes over.
+    for attempt in 0..3 {
+        let mut other = server.savepoints().await;
+        let refused = match attempt {
+            0 => within(
+                "GetCheckpointStats",
+                other.get_checkpoint_stats(proto::GetCheckpointStatsRequest {
+                    job_id: "busy".into(),
+                }),
+            )
+            .await
+            .map(|_| ()),
+            1 => within(
+                "ListSavepoints",
+                other.list_savepoints(proto::ListSavepointsRequest {
+                    job_id: "busy".into(),
+                }),
+            )
+            .await
+            .map(|_| ()),
+            _ => common::trigger_savepoint(&mut other, "busy")
+                .await
+                .map(|_| ()),
+        }
+        .expect_err("beyond the limit of 2");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            refused.message().contains("max_requests = 2"),
+            "{}",
+            refused.message()
+        );
+    }
+    // Task managers are not held up: their unary calls have their own bound.
+    let late = within(
+        "Acknowledge",
+        server.gateway().await.acknowledge(ack("busy", 999, 1)),
+    )
+    .await
+    .expect("the task gateway is not bound by max_requests")
+    .into_inner();
+    assert_eq!(late.outcome(), proto::AckOutcome::UnknownCheckpoint);
+    assert_eq!(
+        savepoint_ids(&cluster.log()),
+        held,
+        "a refused call started nothing"
+    );
+
+    // The streams carry the held acks; both calls complete and free their slots.
+    for &id in &held {
+        cluster.acknowledge_all(id);
+    }
+    for call in waiting {
+        within("a held savepoint", call)
+            .await
+            .expect("task")
+            .expect("completes once acknowledged");
+    }
+    let figures = stats(&mut server.savepoints().await, "busy").await;
+    assert_eq!((figures.completed, figures.failed), (2, 0), "{figures:?}");
+    assert_eq!(
+        common::list_savepoints(&mut server.savepoints().await, "busy")
+            .await
+            .len(),
+        2
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_unary_call_times_out_while_waiting_triggers_and_streams_go_on() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    const SLOW_WRITE: Duration = Duration::from_millis(1500);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults_and(dir.path(), |config| {
+        config.request_timeout = TIMEOUT;
+    })
+    .await;
+    let mut client = server.savepoints().await;
+    let spec = job("steady", &[("src", 1)], policy(0, 0));
+    register(&mut client, &spec).await;
+    let cluster = Cluster::start(&server, &spec, 1, Acks::HoldSavepoints, &[]).await;
+    set_status(&mut client, "steady", proto::JobStatus::Running).await;
+
+    faults.set(FaultPlan {
+        job: Some(JobId::new("slow")),
+        write_delay: Some(SLOW_WRITE),
+        ..FaultPlan::default()
+    });
+    let started = Instant::now();
+    let timed_out = within(
+        "RegisterJob",
+        client.register_job(job("slow", &[("src", 1)], policy(0, 0))),
+    )
+    .await
+    .expect_err("the job record takes longer than the request timeout");
+    let waited = started.elapsed();
+    assert_eq!(timed_out.code(), Code::DeadlineExceeded, "{timed_out:?}");
+    assert!(
+        timed_out.message().contains("request timeout of 300 ms"),
+        "{}",
+        timed_out.message()
+    );
+    assert!(
+        waited >= TIMEOUT && waited < SLOW_WRITE,
+        "answered after {waited:?}"
+    );
+
+    // A savepoint may wait far longer than the request timeout, over a stream that has
+    // been open longer still.
+    let mut caller = client.clone();
+    let savepoint =
+        tokio::spawn(async move { common::trigger_savepoint(&mut caller, "steady").await });
+    let trigger = cluster.first_trigger(proto::SnapshotKind::Savepoint).await;
+    tokio::time::sleep(TIMEOUT * 3).await;
+    assert!(!savepoint.is_finished(), "the trigger waits for its acks");
+    cluster.acknowledge_all(trigger.checkpoint_id);
+    let done = within("the savepoint", savepoint)
+        .await
+        .expect("task")
+        .expect("not cut by the request timeout");
+    assert_eq!(done.checkpoint_id, trigger.checkpoint_id);
+
+    // The timed-out registration was not abandoned halfway: it finishes by itself.
+    let registered = common::eventually("the slow registration to finish", || {
+        let mut client = client.clone();
+        async move {
+            let request = proto::GetCheckpointStatsRequest {
+                job_id: "slow".into(),
+            };
+            client.get_checkpoint_stats(request).await.ok()
+        }
+    })
+    .await
+    .into_inner();
+    assert_eq!(registered.job_status(), proto::JobStatus::Created);
+    faults.clear();
+    server.stop().await;
+}
+
+/// Copies the savepoint directory `from` (its metadata file) to `to`.
+fn copy_savepoint(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    std::fs::copy(from.join("_metadata"), to.join("_metadata")).expect("copy the metadata");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_and_job_directories_outside_the_savepoint_roots_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let vertices = &[("src", 1), ("sink", 1)];
+    let origin = job("origin", vertices, policy(0, 0));
+    register(&mut client, &origin).await;
+    let cluster = Cluster::start(&server, &origin, 1, Acks::All, &[]).await;
+    set_status(&mut client, "origin", proto::JobStatus::Running).await;
+    let savepoint = common::trigger_savepoint(&mut client, "origin")
+        .await
+        .expect("savepoint");
+    drop(cluster);
+    register(&mut client, &job("target", vertices, policy(0, 0))).await;
+
+    // Intact copies of the savepoint where the roots do not reach: in another directory,
+    // in the data directory next to the default root, and behind a link in the root.
+    let original = std::path::Path::new(&savepoint.path);
+    let name = original.file_name().expect("savepoint directory name");
+    let elsewhere = outside.path().join(name);
+    copy_savepoint(original, &elsewhere);
+    let beside = dir.path().join("beside").join(name);
+    copy_savepoint(original, &beside);
+    let link = server.savepoint_dir().join("escape");
+    std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+    let restore = |path: String| proto::RestoreSavepointRequest {
+        job_id: "target".into(),
+        path,
+        ..Default::default()
+    };
+    let savepoint_dir = server.savepoint_dir().display().to_string();
+    for (path, why) in [
+        (
+            elsewhere.display().to_string(),
+            "outside the savepoint roots",
+        ),
+        (
+            format!("{}/_metadata", elsewhere.display()),
+            "outside the savepoint roots",
+        ),
+        (
+            format!("file://{}", elsewhere.display()),
+            "outside the savepoint roots",
+        ),
+        (
+            format!("{savepoint_dir}/../beside/{}", name.to_string_lossy()),
+            "must not contain '..'",
+        ),
+        (
+            format!("{}/{}", link.display(), name.to_string_lossy()),
+            "outside the savepoint roots",
+        ),
+    ] {
+        let message = invalid(
+            within(
+                "RestoreSavepoint",
+                client.restore_savepoint(restore(path.clone())),
+            )
+            .await,
+        );
+        assert!(message.starts_with("path: "), "{path}: {message}");
+        assert!(message.contains(why), "{path}: {message}");
+    }
+    assert_eq!(stats(&mut client, "target").await.restored, 0);
+    // The original, inside the root, restores: the copies were refused for where they are.
+    within(
+        "RestoreSavepoint",
+        client.restore_savepoint(restore(savepoint.path.clone())),
+    )
+    .await
+    .expect("the savepoint inside the root restores");
+    assert_eq!(stats(&mut client, "target").await.restored, 1);
+
+    for dir in [
+        outside.path().display().to_string(),
+        format!("{savepoint_dir}/../beside"),
+        link.display().to_string(),
+    ] {
+        let mut request = job("elsewhere", vertices, policy(0, 0));
+        request.savepoint_dir = dir.clone();
+        let message = invalid(within("RegisterJob", client.register_job(request)).await);
+        assert!(message.starts_with("savepoint_dir: "), "{dir}: {message}");
+    }
+    let status = within(
+        "GetCheckpointStats",
+        client.get_checkpoint_stats(proto::GetCheckpointStatsRequest {
+            job_id: "elsewhere".into(),
+        }),
+    )
+    .await
+    .expect_err("no refused job was registered");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    server.stop().await;
+
+    // Made a root, the directory elsewhere is fine for both.
+    let other = tempfile::tempdir().expect("tempdir");
+    let rooted = TestServer::start_with(other.path(), |config| {
+        config.extra_savepoint_roots = vec![outside.path().to_path_buf()];
+    })
+    .await;
+    let mut client = rooted.savepoints().await;
+    let mut request = job("target", vertices, policy(0, 0));
+    request.savepoint_dir = outside.path().display().to_string();
+    register(&mut client, &request).await;
+    within(
+        "RestoreSavepoint",
+        client.restore_savepoint(restore(elsewhere.display().to_string())),
+    )
+    .await
+    .expect("a savepoint under an extra root restores");
+    rooted.stop().await;
 }

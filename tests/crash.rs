@@ -25,11 +25,12 @@
 //!
 //! `CRASH_TEST_KILLS=N` sets the number of kills (default [`DEFAULT_KILLS`]);
 //! `CRASH_TEST_SEED=S` replays the random kill moments of an earlier run (the seed is
-//! printed at the start and in every failure message).
+//! printed at the start and in every failure message); `TEST_REPORT=FILE` also
+//! appends the printed figures to FILE (`.ci/test` shows them).
 
 mod common;
 
-use common::within;
+use common::{report, within};
 use futures::StreamExt;
 use savepoint_coordinator::client::simulator::{
     SimulatedTask, SimulatedVertex, spread_subtasks, state_handle,
@@ -94,7 +95,9 @@ async fn savepoints_survive_kill_9_and_ids_are_never_reused() {
             .unwrap_or_else(|e| panic!("CRASH_TEST_SEED={value:?} is not a number: {e}")),
         Err(_) => seed_from_time(),
     };
-    println!("crash test: {kills} kills, seed {seed} (replay with CRASH_TEST_SEED={seed})");
+    report(&format!(
+        "crash test: {kills} kills, seed {seed} (replay with CRASH_TEST_SEED={seed})"
+    ));
 
     let dir = KeptOnFailure::new();
     let mut run = CrashRun::new(dir.path(), seed);
@@ -108,7 +111,7 @@ async fn savepoints_survive_kill_9_and_ids_are_never_reused() {
         run.start_work().await;
     }
     run.finish().await;
-    println!("crash test passed: {}", run.figures);
+    report(&format!("crash test passed: {}", run.figures));
 }
 
 /// Everything one run of the test keeps track of.

@@ -493,7 +493,7 @@ async fn the_leader_is_killed_again_and_again_and_nothing_is_lost() {
     let mut first_savepoint_times = first_savepoints.clone();
     let failover_median = median(&mut failover_times);
     let first_savepoint_median = median(&mut first_savepoint_times);
-    println!(
+    common::report(&format!(
         "failover: {leader_kills} leaders killed (SIGKILL), 1 frozen (SIGSTOP), {etcd_kills} \
          etcd members killed; new leader serving after min {:?} / median \
          {failover_median:?} / max {:?}; first savepoint on the new leader after median \
@@ -505,7 +505,7 @@ async fn the_leader_is_killed_again_and_again_and_nothing_is_lost() {
         completed.len(),
         summary.connections,
         summary.counts.acks,
-    );
+    ));
     assert!(
         summary.connections as usize > rounds,
         "task managers reconnected after each failover"

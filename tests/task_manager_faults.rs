@@ -5,13 +5,13 @@
 mod common;
 
 use common::{
-    Acks, Cluster, TestServer, failure_reason, job, policy, register, set_status, stats,
-    trigger_savepoint, within,
+    Acks, Cluster, TestServer, eventually, failure_reason, job, policy, register, set_status,
+    stats, trigger_savepoint, within,
 };
 use savepoint_coordinator::client::{Downward, TaskManagerSession};
 use savepoint_coordinator::proto;
 use savepoint_coordinator::proto::task_manager_message::Message as Upward;
-use std::time::Duration;
+use tonic::transport::Endpoint;
 
 fn task(job_id: &str, vertex: &str, attempt_id: u64) -> proto::TaskInfo {
     proto::TaskInfo {
@@ -140,18 +140,30 @@ fn failed_id(status: &tonic::Status) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_manager_that_never_reads_its_stream_blocks_nobody_else() {
+    // A small buffer, and a stuck task manager whose HTTP/2 receive window takes only a
+    // few messages, so its server-side buffer really fills and messages are dropped.
+    const STREAM_BUFFER: usize = 8;
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start_with(dir.path(), |config| {
+        config.stream_buffer = STREAM_BUFFER;
+    })
+    .await;
     let mut client = server.savepoints().await;
-    // The stuck job checkpoints every 10 ms and expires them after 200 ms.
-    register(&mut client, &job("stuck", &[("src", 1)], policy(10, 200))).await;
+    // The stuck job triggers every 10 ms, up to 20 at once, and expires them after 200 ms.
+    let busy = proto::CheckpointPolicy {
+        max_concurrent: 20,
+        ..policy(10, 200)
+    };
+    register(&mut client, &job("stuck", &[("src", 1)], busy)).await;
+    let endpoint = Endpoint::from_shared(format!("http://{}", server.address))
+        .expect("endpoint")
+        .initial_stream_window_size(Some(1024));
+    let narrow = within("a connection", endpoint.connect())
+        .await
+        .expect("connect");
     let stuck = within(
         "tm-stuck",
-        TaskManagerSession::connect(
-            server.channel().await,
-            "tm-stuck",
-            vec![task("stuck", "src", 1)],
-        ),
+        TaskManagerSession::connect(narrow, "tm-stuck", vec![task("stuck", "src", 1)]),
     )
     .await
     .expect("connect");
@@ -162,8 +174,16 @@ async fn a_task_manager_that_never_reads_its_stream_blocks_nobody_else() {
     let _cluster = Cluster::start(&server, &healthy, 2, Acks::All, &[]).await;
     set_status(&mut client, "healthy", proto::JobStatus::Running).await;
 
-    // Triggers pile up toward tm-stuck, which reads none of them.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Triggers and aborts pile up toward tm-stuck, which reads none of them, until its
+    // buffer is full and the server drops what does not fit.
+    let dropped = eventually("messages to tm-stuck to be dropped", || {
+        let mut client = client.clone();
+        async move {
+            let figures = stats(&mut client, "stuck").await;
+            (figures.undelivered_messages > 0).then_some(figures.undelivered_messages)
+        }
+    })
+    .await;
     for _ in 0..5 {
         within(
             "a healthy savepoint",
@@ -173,7 +193,14 @@ async fn a_task_manager_that_never_reads_its_stream_blocks_nobody_else() {
         .expect("not held up by the stuck task manager");
     }
     let figures = stats(&mut client, "stuck").await;
-    assert!(figures.failed >= 1, "its checkpoints expire: {figures:?}");
+    assert!(
+        figures.undelivered_messages >= dropped,
+        "drops keep being counted: {figures:?}"
+    );
+    assert!(
+        figures.triggered > STREAM_BUFFER as u64,
+        "more triggers than the buffer holds: {figures:?}"
+    );
     assert_eq!(figures.completed, 0);
     assert!(
         figures
@@ -182,8 +209,18 @@ async fn a_task_manager_that_never_reads_its_stream_blocks_nobody_else() {
             .copied()
             .unwrap_or(0)
             >= 1,
-        "{:?}",
+        "its checkpoints expire: {:?}",
         figures.failed_by_reason
+    );
+    let healthy = stats(&mut client, "healthy").await;
+    assert_eq!(
+        (
+            healthy.completed,
+            healthy.failed,
+            healthy.undelivered_messages
+        ),
+        (5, 0, 0),
+        "the healthy task managers got every message: {healthy:?}"
     );
     drop(stuck);
     server.stop().await;

@@ -1,7 +1,8 @@
-//! Fuzzes request handling up to the core: protobuf decoding of what clients and task
-//! managers send (RegisterJob, TriggerSavepoint, RestoreSavepoint, the task manager
-//! stream's messages), then the service's validation and conversion. Nothing may panic;
-//! a job spec that validates must validate again unchanged.
+//! Fuzzes request decoding up to the core (`request_handling` goes on into it): protobuf
+//! decoding of what clients and task managers send (RegisterJob, TriggerSavepoint,
+//! RestoreSavepoint, the task manager stream's messages), then the service's validation
+//! and conversion. Nothing may panic; a job spec that validates must validate again
+//! unchanged.
 
 #![no_main]
 

@@ -1311,6 +1311,7 @@ fn stats_json(job: &str, stats: &proto::GetCheckpointStatsResponse) -> Value {
         "failed": stats.failed,
         "restored": stats.restored,
         "discarded_acks": stats.discarded_acks,
+        "undelivered_messages": stats.undelivered_messages,
         "consecutive_failures": stats.consecutive_failures,
         "latest_completed": stats.latest_completed.as_ref().map(snapshot_json),
         "latest_failed": stats.latest_failed.as_ref().map(snapshot_json),
@@ -1391,8 +1392,9 @@ fn stats_text(job: &str, stats: &proto::GetCheckpointStatsResponse, now_ms: u64)
         stats.triggered, stats.in_progress, stats.completed, stats.failed, stats.restored
     ));
     text.push_str(&format!(
-        "failures          {} consecutive; {} acknowledgements discarded\n",
-        stats.consecutive_failures, stats.discarded_acks
+        "failures          {} consecutive; {} acknowledgements discarded; {} messages to \
+         task managers undelivered\n",
+        stats.consecutive_failures, stats.discarded_acks, stats.undelivered_messages
     ));
     if !stats.failed_by_reason.is_empty() {
         let mut reasons: Vec<(&String, &u64)> = stats.failed_by_reason.iter().collect();

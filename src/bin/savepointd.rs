@@ -85,6 +85,28 @@ struct Args {
     )]
     max_requests_per_connection: usize,
 
+    /// SavepointService calls that may run at once across all connections (triggers
+    /// waiting for their snapshot included); more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SAVEPOINTD_MAX_REQUESTS", default_value_t = 1024)]
+    max_requests: usize,
+
+    /// Unary TaskGateway calls (Acknowledge, Decline) that may run at once across all
+    /// connections; more are refused with RESOURCE_EXHAUSTED. Connect streams do not
+    /// count.
+    #[arg(
+        long,
+        env = "SAVEPOINTD_MAX_TASK_GATEWAY_REQUESTS",
+        default_value_t = 1024
+    )]
+    max_task_gateway_requests: usize,
+
+    /// Milliseconds a unary call may keep its caller waiting; then it answers
+    /// DEADLINE_EXCEEDED while the operation finishes in the background. Not applied to
+    /// TriggerSavepoint, StopWithSavepoint and TriggerCheckpoint (they honour the
+    /// client's deadline) nor to task manager streams.
+    #[arg(long, env = "SAVEPOINTD_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+
     /// Log format: text for people, json for log collectors. The level is set with
     /// RUST_LOG (default "info"), e.g. RUST_LOG=savepoint_coordinator=debug.
     #[arg(long, env = "SAVEPOINTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -196,6 +218,9 @@ async fn main() -> anyhow::Result<()> {
         max_inline_state_bytes: args.max_inline_state_bytes,
         extra_savepoint_roots: args.savepoint_roots,
         max_requests_per_connection: args.max_requests_per_connection,
+        max_requests: args.max_requests,
+        max_task_gateway_requests: args.max_task_gateway_requests,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
         tls: args
             .tls_cert
             .zip(args.tls_key)

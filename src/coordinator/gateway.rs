@@ -75,7 +75,9 @@ impl TaskMessage {
 /// that does not keep up loses messages (its snapshots then time out), it never stalls
 /// the coordinator.
 pub trait TaskGateway: Send + Sync + 'static {
-    fn send(&self, task_manager: &TaskManagerId, message: TaskMessage);
+    /// Hands `message` on; false when it was dropped (not connected, buffer full), which
+    /// the core counts per job.
+    fn send(&self, task_manager: &TaskManagerId, message: TaskMessage) -> bool;
 }
 
 /// Gateway that records every message, for tests.
@@ -92,10 +94,11 @@ impl RecordingGateway {
 }
 
 impl TaskGateway for RecordingGateway {
-    fn send(&self, task_manager: &TaskManagerId, message: TaskMessage) {
+    fn send(&self, task_manager: &TaskManagerId, message: TaskMessage) -> bool {
         self.sent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((task_manager.clone(), message));
+        true
     }
 }

@@ -28,7 +28,7 @@ pub use savepoints::{SavepointRequest, SavepointStarted};
 
 use crate::store::{JobRecord, StoreError, Stores};
 use clock::Clock;
-use gateway::TaskGateway;
+use gateway::{TaskGateway, TaskMessage};
 use id_counter::SharedIdCounter;
 use job::{AckDecision, Completing, Effects, JobState, SchedulerStep};
 use model::{
@@ -155,6 +155,9 @@ struct Job {
     operations_changed: watch::Sender<u64>,
     /// One retention pass at a time.
     retention: tokio::sync::Mutex<()>,
+    /// Messages to the job's tasks that the gateway dropped (task manager not connected,
+    /// or its stream buffer full). Counted outside the job lock, as sending is.
+    undelivered: AtomicU64,
 }
 
 impl Job {
@@ -285,6 +288,7 @@ impl Coordinator {
             operation_writes: Arc::new(tokio::sync::Mutex::new(())),
             operations_changed: watch::Sender::new(0),
             retention: tokio::sync::Mutex::new(()),
+            undelivered: AtomicU64::new(0),
             spec,
         })
     }
@@ -685,9 +689,7 @@ impl Coordinator {
         }
         if recorded {
             tracing::debug!(job_id = %job.id, checkpoint_id = %id, %kind, periodic, "snapshot triggered");
-            for (tm, message) in messages {
-                self.inner.gateway.send(&tm, message);
-            }
+            self.send_all(job, messages);
         }
         Ok(SnapshotHandle {
             checkpoint_id: id,
@@ -1180,7 +1182,8 @@ impl Coordinator {
     /// Statistics of the job's snapshots.
     pub fn job_stats(&self, job_id: &str) -> Result<JobStats, CoreError> {
         let job = self.job(job_id)?;
-        let stats = job.lock().job_stats(self.inner.clock.now_ms());
+        let mut stats = job.lock().job_stats(self.inner.clock.now_ms());
+        stats.undelivered_messages = job.undelivered.load(Ordering::Relaxed);
         Ok(stats)
     }
 
@@ -1254,6 +1257,15 @@ impl Coordinator {
         }
     }
 
+    /// Sends `messages` of `job` through the gateway, counting those it dropped.
+    fn send_all(&self, job: &Job, messages: Vec<(TaskManagerId, TaskMessage)>) {
+        for (tm, message) in messages {
+            if !self.inner.gateway.send(&tm, message) {
+                job.undelivered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Carries out decided effects: sends messages and results at once, and leaves
     /// store deletions to a background task.
     fn carry_out(&self, job: &Arc<Job>, effects: Effects) {
@@ -1267,9 +1279,7 @@ impl Coordinator {
             forgotten_operations,
             finished: _,
         } = effects;
-        for (tm, message) in messages {
-            self.inner.gateway.send(&tm, message);
-        }
+        self.send_all(job, messages);
         for (sender, result) in results {
             let _ = sender.send(result);
         }

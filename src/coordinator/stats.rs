@@ -136,6 +136,9 @@ pub struct JobStats {
     pub failed: u64,
     pub restored: u64,
     pub discarded_acks: u64,
+    /// Messages to the job's tasks dropped because a task manager was not connected or
+    /// did not keep up with its stream.
+    pub undelivered_messages: u64,
     pub consecutive_failures: u32,
     pub failing: bool,
     pub latest_completed: Option<SnapshotStats>,
@@ -267,6 +270,7 @@ impl StatsTracker {
             failed: self.failed,
             restored: self.restored,
             discarded_acks: self.discarded_acks,
+            undelivered_messages: 0,
             consecutive_failures,
             failing,
             latest_completed: self.latest_completed.clone(),

@@ -4,13 +4,15 @@
 //! code is picked in [`error`], and the handlers in [`savepoint_service`] and
 //! [`task_gateway`] do nothing but decode, call one core method and encode.
 //! [`stream_gateway`] is the other direction: the core's task gateway over the task
-//! managers' streams. [`auth`] decides who may call which service.
+//! managers' streams. [`auth`] decides who may call which service; [`request_limits`]
+//! bounds how many calls run at once and how long unary ones may take.
 
 pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod gate;
 pub mod message_limit;
+pub mod request_limits;
 pub mod savepoint_service;
 pub mod stream_gateway;
 pub mod task_gateway;

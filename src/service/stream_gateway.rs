@@ -146,7 +146,7 @@ impl StreamRegistry {
 }
 
 impl TaskGateway for StreamRegistry {
-    fn send(&self, task_manager: &TaskManagerId, message: TaskMessage) {
+    fn send(&self, task_manager: &TaskManagerId, message: TaskMessage) -> bool {
         let sender = self.lock().get(task_manager).map(|s| s.sender.clone());
         let Some(sender) = sender else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -156,16 +156,18 @@ impl TaskGateway for StreamRegistry {
                 attempt_id = ?message.attempt_id(),
                 "message to task manager dropped: it is not connected"
             );
-            return;
+            return false;
         };
         let checkpoint_id = message.checkpoint_id();
-        if !self.deliver(
+        let delivered = self.deliver(
             task_manager,
             &sender,
             convert::task_message_to_proto(message),
-        ) {
+        );
+        if !delivered {
             tracing::debug!(task_manager = %task_manager, ?checkpoint_id, "undelivered message belonged to this checkpoint");
         }
+        delivered
     }
 }
 
@@ -189,11 +191,11 @@ mod tests {
         let tm = TaskManagerId::new("tm-1");
         let (sender, mut receiver) = mpsc::channel(1);
         assert!(registry.attach(tm.clone(), 1, sender));
-        registry.send(&tm, notify());
-        registry.send(&tm, notify());
+        assert!(registry.send(&tm, notify()));
+        assert!(!registry.send(&tm, notify()), "the buffer of 1 is full");
         assert_eq!(registry.dropped_messages(), 1);
         assert!(receiver.try_recv().is_ok());
-        registry.send(&TaskManagerId::new("other"), notify());
+        assert!(!registry.send(&TaskManagerId::new("other"), notify()));
         assert_eq!(registry.dropped_messages(), 2);
     }
 

@@ -41,6 +41,24 @@ const POLL: Duration = Duration::from_millis(20);
 const STOP_WITHIN: Duration = Duration::from_secs(3);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
 
+/// Prints `line`, and appends it to the file `TEST_REPORT` names: cargo test hides what
+/// a passing test prints, and `.ci/test` shows that file after the run (the figures of
+/// the crash and failover tests).
+pub fn report(line: &str) {
+    println!("{line}");
+    let Ok(path) = std::env::var("TEST_REPORT") else {
+        return;
+    };
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()));
+    if let Err(error) = appended {
+        panic!("cannot write test figures to TEST_REPORT={path}: {error}");
+    }
+}
+
 /// Awaits `future`, failing the test if it takes longer than [`WAIT`].
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, future)
@@ -92,10 +110,19 @@ impl TestServer {
     /// Starts a server whose filesystem store in `data_dir` injects the faults that the
     /// returned switch turns on.
     pub async fn start_with_faults(data_dir: &Path) -> (TestServer, FaultSwitch) {
+        TestServer::start_with_faults_and(data_dir, |_| {}).await
+    }
+
+    /// Like [`start_with_faults`](Self::start_with_faults), with settings that
+    /// `configure` changes.
+    pub async fn start_with_faults_and(
+        data_dir: &Path,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> (TestServer, FaultSwitch) {
         let store = FsStore::open(data_dir.to_path_buf()).expect("open the data directory");
         let (stores, faults) = FaultyStore::wrap(std::sync::Arc::new(store));
         (
-            TestServer::start_on(data_dir, Some(stores), |_| {}).await,
+            TestServer::start_on(data_dir, Some(stores), configure).await,
             faults,
         )
     }
