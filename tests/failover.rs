@@ -14,6 +14,7 @@
 mod common;
 
 use common::etcd::EtcdCluster;
+use common::free_port;
 use common::moto::Moto;
 use savepoint_coordinator::client::{
     self,
@@ -153,11 +154,6 @@ impl Drop for Replicas {
             self.kill(i);
         }
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 async fn channel(address: &str) -> Option<Channel> {

@@ -5,6 +5,7 @@
 //! A missing etcd binary fails the test with a message saying how to install it: these
 //! tests never skip silently.
 
+use super::free_port;
 use savepoint_coordinator::ha::etcd::EtcdClient;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -189,9 +190,4 @@ impl Drop for EtcdCluster {
             self.kill(i);
         }
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("bound address").port()
 }

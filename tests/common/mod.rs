@@ -41,6 +41,12 @@ const POLL: Duration = Duration::from_millis(20);
 const STOP_WITHIN: Duration = Duration::from_secs(3);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
 
+/// A loopback port that was free a moment ago, for a server started as a process.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("bound address").port()
+}
+
 /// Prints `line`, and appends it to the file `TEST_REPORT` names: cargo test hides what
 /// a passing test prints, and `.ci/test` shows that file after the run (the figures of
 /// the crash and failover tests).

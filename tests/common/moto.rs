@@ -5,6 +5,7 @@
 //! A missing venv fails the test with a message saying how to install it: these tests
 //! never skip silently.
 
+use super::free_port;
 use savepoint_coordinator::store::object::{BucketStore, S3Config, S3Credentials};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -122,11 +123,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("bound address").port()
 }
 
 /// One `PUT <path>` over HTTP/1.1; the status code, or None if nothing answered.
