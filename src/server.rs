@@ -681,6 +681,10 @@ impl Serving {
 
     /// Resolves only if serving ends by itself (a transport failure).
     async fn stopped(&mut self) -> Result<(), ServerError> {
+        if self.task.is_finished() {
+            // Already reported once; a finished task must not be awaited again.
+            return std::future::pending().await;
+        }
         match (&mut self.task).await {
             Ok(result) => result,
             Err(error) => Err(ServerError::ServerTask(error.to_string())),
@@ -692,6 +696,10 @@ impl Serving {
         end_health_watches(self.health).await;
         let _ = self.stop.send(());
         let mut task = self.task;
+        if task.is_finished() {
+            // Serving already ended by itself, and `stopped` has reported how.
+            return Ok(());
+        }
         match tokio::time::timeout(grace, &mut task).await {
             Ok(Ok(Ok(()))) => tracing::info!("stopped"),
             Ok(Ok(Err(error))) => tracing::warn!("transport error while draining: {error}"),
