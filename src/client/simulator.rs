@@ -801,6 +801,12 @@ pub async fn simulate_reconnecting(
     shutdown: impl Future<Output = ()>,
 ) -> Result<ReconnectingSummary, SimulatorError> {
     Simulator::new(config.clone())?;
+    if servers.is_empty() {
+        return Err(SimulatorError::InvalidConfig {
+            setting: "servers",
+            detail: "name at least one server address".into(),
+        });
+    }
     tokio::pin!(shutdown);
     let mut summary = ReconnectingSummary::default();
     let mut backoff = Backoff::new();

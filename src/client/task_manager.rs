@@ -29,9 +29,8 @@ pub struct TaskManagerSession {
     accepted_tasks: u32,
     refusals: Vec<proto::StreamError>,
     early: VecDeque<Downward>,
-    /// The leadership epoch the Welcome carried; messages of an older one are dropped.
+    /// The leadership epoch the Welcome carried (constant for the stream's life).
     leader_epoch: u64,
-    stale_messages: u64,
 }
 
 impl TaskManagerSession {
@@ -108,7 +107,6 @@ impl TaskManagerSession {
             refusals,
             early,
             leader_epoch,
-            stale_messages: 0,
         })
     }
 
@@ -117,11 +115,6 @@ impl TaskManagerSession {
     /// it with the previous session's to make sure it never goes back to a deposed one.
     pub fn leader_epoch(&self) -> u64 {
         self.leader_epoch
-    }
-
-    /// Messages dropped because they carried an older leader epoch than the Welcome.
-    pub fn stale_messages(&self) -> u64 {
-        self.stale_messages
     }
 
     /// The id this session said Hello with.
@@ -149,11 +142,6 @@ impl TaskManagerSession {
             match self.inbound.message().await? {
                 None => return Ok(None),
                 Some(proto::CoordinatorMessage { message: None, .. }) => continue,
-                Some(proto::CoordinatorMessage { leader_epoch, .. })
-                    if leader_epoch < self.leader_epoch =>
-                {
-                    self.stale_messages += 1
-                }
                 Some(proto::CoordinatorMessage {
                     message: Some(message),
                     ..

@@ -853,13 +853,15 @@ impl Coordinator {
                     if let Err(error) = stores.savepoints.dispose(&path).await.map(|_| ()) {
                         tracing::warn!(
                             path,
-                            "removing the savepoint of a failed snapshot failed: {error}"
+                            "removing the savepoint of a failed snapshot failed, so its state is kept: {error}"
                         );
+                        return;
                     }
                 }
                 Ok(None) => {
                     if let Err(error) = stores.checkpoints.remove(&job.id, id).await {
-                        tracing::warn!(job_id = %job.id, checkpoint_id = %id, "removing the metadata of a failed checkpoint failed: {error}");
+                        tracing::warn!(job_id = %job.id, checkpoint_id = %id, "removing the metadata of a failed checkpoint failed, so its state is kept: {error}");
+                        return;
                     }
                 }
                 Err(_) => {}
@@ -1298,7 +1300,10 @@ impl Coordinator {
         tokio::spawn(async move {
             for (id, handles, claimed_path) in evicted {
                 if let Err(error) = stores.checkpoints.remove(&job_id, id).await {
-                    tracing::warn!(%job_id, checkpoint_id = %id, "removing a retired checkpoint failed: {error}");
+                    // Still retained as far as the store knows (a deposed leader's removal
+                    // is refused): its state must stay for whoever loads it.
+                    tracing::warn!(%job_id, checkpoint_id = %id, "removing a retired checkpoint failed, so its state is kept: {error}");
+                    continue;
                 }
                 if let Some(path) = claimed_path {
                     // A claimed savepoint: the job owns all of it now.

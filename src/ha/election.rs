@@ -119,7 +119,7 @@ impl Candidate {
             return Ok(None);
         }
         let requested = Instant::now();
-        let lease = self.client.grant_lease(self.config.lease_ttl).await?;
+        let (lease, granted) = self.client.grant_lease(self.config.lease_ttl).await?;
         let response = self
             .client
             .txn(etcd::pb::etcdserverpb::TxnRequest {
@@ -135,7 +135,9 @@ impl Candidate {
         match response {
             Ok(response) if response.succeeded => {
                 let revision = response.header.map(|h| h.revision).unwrap_or_default();
-                Ok(Some((lease, revision, requested + self.config.lease_ttl)))
+                // Counted from before the request, and never longer than etcd granted.
+                let ttl = self.config.lease_ttl.min(granted);
+                Ok(Some((lease, revision, requested + ttl)))
             }
             other => {
                 let _ = self.client.revoke_lease(lease).await;

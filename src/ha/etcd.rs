@@ -204,8 +204,9 @@ impl EtcdClient {
         Ok(response.into_inner())
     }
 
-    /// Grants a lease of `ttl` seconds and returns its id.
-    pub async fn grant_lease(&self, ttl: Duration) -> Result<i64, EtcdError> {
+    /// Grants a lease of `ttl` (whole seconds) and returns its id and the time to live
+    /// etcd granted.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<(i64, Duration), EtcdError> {
         let request = LeaseGrantRequest {
             ttl: ttl.as_secs().max(1) as i64,
             id: 0,
@@ -217,7 +218,7 @@ impl EtcdClient {
         if !response.error.is_empty() {
             return Err(EtcdError::Refused(response.error));
         }
-        Ok(response.id)
+        Ok((response.id, Duration::from_secs(response.ttl.max(0) as u64)))
     }
 
     /// Refreshes the lease once; its remaining time to live, or `LeaseExpired`.

@@ -27,6 +27,8 @@ use tokio::sync::watch;
 
 /// Why a follower refuses calls.
 const NOT_LEADER: &str = "this replica is not the leader";
+/// How long a new leader waits before trying a failed recovery again.
+const RECOVERY_RETRY: Duration = Duration::from_secs(1);
 
 /// How a replica finds etcd and campaigns.
 #[derive(Clone, Debug)]
@@ -71,10 +73,11 @@ impl HaConfig {
                 "must start with '/' and name a key prefix, e.g. /savepoint-coordinator",
             );
         }
-        if self.lease_ttl < Duration::from_secs(1) {
+        if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl.subsec_nanos() != 0 {
             return invalid(
                 "ha.lease_ttl",
-                "must be at least 1 s (etcd counts lease time in whole seconds)",
+                "must be a whole number of seconds, at least 1 (etcd counts lease time in \
+                 whole seconds)",
             );
         }
         if self
@@ -139,9 +142,26 @@ pub(super) async fn run(
     );
 
     tokio::pin!(shutdown);
-    let mut term: Option<Term> = None;
+    // The open term and the fencing revision of the leadership it belongs to.
+    let mut term: Option<(i64, Term)> = None;
     let ended = loop {
         let current = role.borrow_and_update().clone();
+        // A step-down and a new election can reach us as one change: a term of another
+        // leadership than the current one is closed like any lost term.
+        let stale = match (&current, &term) {
+            (Role::Leader { revision, .. }, Some((opened, _))) => opened != revision,
+            (Role::Follower { .. }, Some(_)) => true,
+            (_, None) => false,
+        };
+        if stale && let Some((_, deposed)) = term.take() {
+            let leader = match &current {
+                Role::Follower { leader } => leader.clone(),
+                Role::Leader { .. } => None,
+            };
+            server.close(NOT_LEADER, leader).await;
+            deposed.close();
+            tracing::warn!("leadership lost: coordinator closed");
+        }
         match &current {
             Role::Leader { revision, .. } if term.is_none() => {
                 let etcd =
@@ -159,23 +179,32 @@ pub(super) async fn run(
                 };
                 let leader_epoch = u64::try_from(*revision).unwrap_or_default();
                 match Term::open(&config, stores, leader_epoch, authenticator.clone()).await {
+                    // Leadership may have moved on while recovering.
+                    Ok(opened) if *role.borrow() != current => opened.close(),
                     Ok(opened) => {
                         server.open(&opened).await;
                         tracing::info!(leader_epoch, "leading: coordinator open");
-                        term = Some(opened);
+                        term = Some((*revision, opened));
                     }
-                    Err(error) => break Err(error),
+                    Err(error) => {
+                        // etcd or the bucket may only be unreachable for a moment; the
+                        // gate stays closed and recovery is tried again.
+                        tracing::error!(
+                            leader_epoch,
+                            "recovering as the new leader failed, retrying: {error}"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(RECOVERY_RETRY) => continue,
+                            () = &mut shutdown => break Ok(()),
+                        }
+                    }
+                }
+                if term.is_none() {
+                    continue;
                 }
             }
             Role::Leader { .. } => {}
-            Role::Follower { leader } => match term.take() {
-                Some(deposed) => {
-                    server.close(NOT_LEADER, leader.clone()).await;
-                    deposed.close();
-                    tracing::warn!("leadership lost: coordinator closed");
-                }
-                None => server.name_leader(NOT_LEADER, leader.clone()),
-            },
+            Role::Follower { leader } => server.name_leader(NOT_LEADER, leader.clone()),
         }
         tokio::select! {
             changed = role.changed() => {
@@ -190,7 +219,7 @@ pub(super) async fn run(
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
     server.close("the server is shutting down", None).await;
-    if let Some(term) = term.take() {
+    if let Some((_, term)) = term.take() {
         term.close();
     }
     let _ = stop_election.send(true);

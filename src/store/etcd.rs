@@ -137,6 +137,11 @@ impl EtcdStore {
         Ok(false)
     }
 
+    /// Fails unless the fence still holds (nothing is written).
+    async fn check_fence(&self) -> StoreResult<()> {
+        self.guarded(Vec::new(), Vec::new()).await.map(|_| ())
+    }
+
     /// Writes `value` at `key` under the fence.
     async fn put(&self, key: &str, value: Vec<u8>) -> StoreResult<()> {
         self.guarded(Vec::new(), vec![etcd::put(key, value, 0)])
@@ -506,6 +511,8 @@ impl SavepointStore for EtcdSavepointHistory {
 
     async fn retire(&self, path: &str) -> StoreResult<bool> {
         let Some(key) = self.key_of(path).await? else {
+            // Not in the history; retiring it in the inner store still needs leadership.
+            self.etcd.check_fence().await?;
             return self.inner.retire(path).await;
         };
         self.etcd.delete(&key).await?;
