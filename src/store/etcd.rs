@@ -243,7 +243,7 @@ impl JobStore for EtcdStore {
         for kv in self.client.get_prefix(&prefix).await? {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let job_id = key[prefix.len()..].to_string();
-            match codec::decode::<JobRecord>(RecordKind::Job, &kv.value) {
+            match decode_value::<JobRecord>(RecordKind::Job, &kv) {
                 Ok(record) if record.spec.job_id.as_str() == job_id => loaded.records.push(record),
                 Ok(record) => loaded.unreadable.push(UnreadableJob {
                     job_id,
@@ -252,13 +252,7 @@ impl JobStore for EtcdStore {
                         detail: format!("holds job {} under another job's key", record.spec.job_id),
                     },
                 }),
-                Err(e) => loaded.unreadable.push(UnreadableJob {
-                    job_id,
-                    error: StoreError::Corrupted {
-                        path: key,
-                        detail: e.to_string(),
-                    },
-                }),
+                Err(error) => loaded.unreadable.push(UnreadableJob { job_id, error }),
             }
         }
         loaded
@@ -281,12 +275,7 @@ impl OperationStore for EtcdStore {
             .get_prefix(&self.operations_prefix(job))
             .await?
             .into_iter()
-            .map(|kv| {
-                codec::decode(RecordKind::Operation, &kv.value).map_err(|e| StoreError::Corrupted {
-                    path: String::from_utf8_lossy(&kv.key).into_owned(),
-                    detail: e.to_string(),
-                })
-            })
+            .map(|kv| decode_value(RecordKind::Operation, &kv))
             .collect()
     }
 
@@ -444,7 +433,15 @@ impl EtcdSavepointHistory {
 }
 
 fn decode_history(kv: &etcd::KeyValue) -> StoreResult<SavepointRecord> {
-    codec::decode(RecordKind::SavepointIndex, &kv.value).map_err(|e| StoreError::Corrupted {
+    decode_value(RecordKind::SavepointIndex, kv)
+}
+
+/// The record of `kind` in `kv`; one that does not decode is corrupted, named by its key.
+fn decode_value<T: serde::de::DeserializeOwned>(
+    kind: RecordKind,
+    kv: &etcd::KeyValue,
+) -> StoreResult<T> {
+    codec::decode(kind, &kv.value).map_err(|e| StoreError::Corrupted {
         path: String::from_utf8_lossy(&kv.key).into_owned(),
         detail: e.to_string(),
     })
