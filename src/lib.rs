@@ -8,6 +8,7 @@
 pub mod client;
 pub mod coordinator;
 pub mod ha;
+mod jitter;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -20,6 +20,7 @@
 
 use crate::coordinator::clock::TokioClock;
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoreError};
+use crate::ha::election::LeaseDeadline;
 use crate::proto;
 use crate::proto::savepoint_service_server::SavepointServiceServer;
 use crate::proto::task_gateway_server::TaskGatewayServer;
@@ -417,9 +418,9 @@ pub async fn run_with_stores(
     config.validate()?;
     let authenticator = config.auth.load()?.map(Arc::new);
     // Recovered before serving, so that the first call already finds every job.
-    let term = Term::open(&config, stores, 0, authenticator.clone()).await?;
+    let term = Term::open(&config, stores, 0, None, authenticator.clone()).await?;
     let initial = GateState::Open(term.services.clone());
-    let mut server = Serving::start(&config, listener, authenticator, initial).await?;
+    let mut server = Serving::start(&config, listener, authenticator, initial, None).await?;
     tokio::pin!(shutdown);
     let ended = tokio::select! {
         served = server.stopped() => Some(served),
@@ -466,6 +467,7 @@ impl Term {
         config: &ServerConfig,
         stores: Stores,
         leader_epoch: u64,
+        lease: Option<LeaseDeadline>,
         authenticator: Option<Arc<Authenticator>>,
     ) -> Result<Term, ServerError> {
         let default_savepoint_dir = config.savepoint_dir()?;
@@ -481,7 +483,7 @@ impl Term {
                 setting: "default_savepoint_dir",
                 detail: e.to_string(),
             })?;
-        let registry = Arc::new(StreamRegistry::with_leader_epoch(leader_epoch));
+        let registry = Arc::new(StreamRegistry::for_leadership(leader_epoch, lease));
         let coordinator = Coordinator::new(
             stores,
             registry.clone(),
@@ -585,6 +587,7 @@ impl Serving {
         listener: TcpListener,
         authenticator: Option<Arc<Authenticator>>,
         initial: GateState<TermServices>,
+        lease: Option<LeaseDeadline>,
     ) -> Result<Serving, ServerError> {
         let tls = config.tls.as_ref().map(TlsConfig::load).transpose()?;
         warn_about_security(config, &listener, authenticator.as_deref());
@@ -599,8 +602,12 @@ impl Serving {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let (gate, gate_state) = watch::channel(initial);
-        let savepoints = Gate::new(gate_state.clone(), |t: &TermServices| t.savepoints.clone());
-        let task_gateway = Gate::new(gate_state, |t: &TermServices| t.task_gateway.clone());
+        let savepoints = Gate::new(
+            gate_state.clone(),
+            |t: &TermServices| t.savepoints.clone(),
+            lease.clone(),
+        );
+        let task_gateway = Gate::new(gate_state, |t: &TermServices| t.task_gateway.clone(), lease);
 
         let address = listener
             .local_addr()

@@ -14,7 +14,7 @@
 //! manager streams end, and the task managers reconnect to the new leader.
 
 use super::{ServerConfig, ServerError, Serving, Term};
-use crate::ha::election::{self, ElectionConfig, Role};
+use crate::ha::election::{self, ElectionConfig, LeaseDeadline, Role};
 use crate::ha::etcd::EtcdClient;
 use crate::service::gate::GateState;
 use crate::store::etcd::EtcdStore;
@@ -130,10 +130,22 @@ pub(super) async fn run(
         reason: "no leader is elected yet".to_string(),
         leader: None,
     };
-    let mut server = Serving::start(&config, listener, authenticator.clone(), no_leader).await?;
+    let lease = LeaseDeadline::default();
+    let mut server = Serving::start(
+        &config,
+        listener,
+        authenticator.clone(),
+        no_leader,
+        Some(lease.clone()),
+    )
+    .await?;
     let (stop_election, election_stopped) = watch::channel(false);
-    let (mut role, election) =
-        election::campaign(client.clone(), election_config.clone(), election_stopped);
+    let (mut role, election) = election::campaign(
+        client.clone(),
+        election_config.clone(),
+        lease.clone(),
+        election_stopped,
+    );
     tracing::info!(
         etcd = %client.endpoints(),
         %advertise_address,
@@ -178,7 +190,14 @@ pub(super) async fn run(
                         .with_metadata(MetadataStores::all_in(Arc::new(etcd)))
                 };
                 let leader_epoch = u64::try_from(*revision).unwrap_or_default();
-                match Term::open(&config, stores, leader_epoch, authenticator.clone()).await {
+                let opening = Term::open(
+                    &config,
+                    stores,
+                    leader_epoch,
+                    Some(lease.clone()),
+                    authenticator.clone(),
+                );
+                match opening.await {
                     // Leadership may have moved on while recovering.
                     Ok(opened) if *role.borrow() != current => opened.close(),
                     Ok(opened) => {

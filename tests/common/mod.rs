@@ -65,6 +65,24 @@ pub fn report(line: &str) {
     }
 }
 
+/// The gRPC health status of `service` ("" for the whole server) over `channel`, or
+/// None if the server does not answer within `timeout` (frozen, down).
+pub async fn health_check(
+    channel: Channel,
+    service: &str,
+    timeout: Duration,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: service.to_string(),
+    };
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let response = tokio::time::timeout(timeout, client.check(request))
+        .await
+        .ok()?
+        .ok()?;
+    Some(response.into_inner().status())
+}
+
 /// Awaits `future`, failing the test if it takes longer than [`WAIT`].
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, future)
