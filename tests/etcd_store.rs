@@ -303,6 +303,36 @@ async fn a_crashed_leaders_lease_expires_and_another_replica_takes_over() {
 }
 
 #[tokio::test]
+async fn a_prefix_larger_than_one_page_is_read_whole_and_in_order() {
+    let cluster = EtcdCluster::start(1).await;
+    let store = EtcdStore::new(cluster.client(), "/paged", None);
+    // More than two pages of the client's range reads (256 keys each).
+    let count = 600;
+    let saves = (0..count).map(|i| {
+        let operation = SavepointOperation {
+            operation_id: format!("op-{i:04}"),
+            job_id: job("paged"),
+            checkpoint_id: CheckpointId(i + 1),
+            trigger: SavepointTrigger::Manual,
+            drain: false,
+            path: format!("s3://bucket/savepoints/savepoint-paged-{}", i + 1),
+            trigger_timestamp_ms: i,
+            outcome: OperationOutcome::Pending,
+        };
+        let store = store.clone();
+        async move { OperationStore::save(&store, &operation).await }
+    });
+    for saved in futures::future::join_all(saves).await {
+        saved.unwrap();
+    }
+    let loaded = OperationStore::load_all(&store, &job("paged"))
+        .await
+        .unwrap();
+    let ids: Vec<u64> = loaded.iter().map(|o| o.checkpoint_id.0).collect();
+    assert_eq!(ids, (1..=count).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn the_client_keeps_working_while_a_minority_of_members_is_down() {
     let mut cluster = EtcdCluster::start(3).await;
     let client: EtcdClient = cluster.client();
