@@ -6,6 +6,7 @@
 //! replicas. [`server::run`] wires them together.
 
 pub mod client;
+pub mod config_file;
 pub mod coordinator;
 pub mod ha;
 mod jitter;

@@ -3,10 +3,13 @@
 //!
 //! Shutdown order matters. A TriggerSavepoint call waits for its snapshot and a task
 //! manager's stream never ends by itself, so a plain graceful shutdown would wait forever.
-//! When `shutdown` resolves we therefore: report NOT_SERVING through health checking,
-//! shut the coordinator down (every pending snapshot fails, so waiting calls return
-//! UNAVAILABLE), stop the stream readers and close every task manager stream, and only
-//! then let tonic drain the connections, bounded by `shutdown_grace`.
+//! When `shutdown` resolves we therefore: report NOT_SERVING through health checking (a
+//! Kubernetes Service stops routing here), take no new snapshot but let the savepoints
+//! already pending complete, for at most `savepoint_drain` (task managers keep their
+//! streams meanwhile); then shut the coordinator down (what is still pending fails, so
+//! waiting calls return UNAVAILABLE), stop the stream readers and close every task
+//! manager stream, and only then let tonic drain the connections, bounded by
+//! `shutdown_grace`.
 //!
 //! Security is configured here too: TLS (rustls) from PEM files, mutual TLS when a client
 //! CA is given, and an [`auth::Guard`] in front of SavepointService (role client) and
@@ -168,6 +171,9 @@ pub struct ServerConfig {
     pub stream_buffer: usize,
     /// How long shutdown waits for open calls and connections before giving up on them.
     pub shutdown_grace: Duration,
+    /// At shutdown, how long savepoints already pending may take to complete before they
+    /// are failed (nothing new is triggered meanwhile).
+    pub savepoint_drain: Duration,
     /// Directories besides the default savepoint directory (and each job's own) under
     /// which DisposeSavepoint may delete savepoints.
     pub extra_savepoint_roots: Vec<PathBuf>,
@@ -205,6 +211,7 @@ impl Default for ServerConfig {
             id_block_size: 64,
             stream_buffer: 1024,
             shutdown_grace: Duration::from_secs(10),
+            savepoint_drain: Duration::from_secs(10),
             extra_savepoint_roots: Vec::new(),
             max_requests_per_connection: 256,
             max_requests: 1024,
@@ -432,6 +439,8 @@ pub async fn run_with_stores(
         return served;
     }
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    server.report_not_serving().await;
+    term.drain_savepoints(config.savepoint_drain).await;
     server.close("the server is shutting down", None).await;
     term.close();
     server.drain(config.shutdown_grace).await
@@ -556,6 +565,18 @@ impl Term {
         })
     }
 
+    /// Lets pending savepoints complete within `bound`, triggering nothing new.
+    async fn drain_savepoints(&self, bound: Duration) {
+        let left = self.coordinator.drain_savepoints(bound).await;
+        if left > 0 {
+            tracing::warn!(
+                pending = left,
+                ?bound,
+                "savepoints still pending at the end of the shutdown drain fail"
+            );
+        }
+    }
+
     /// Fails everything pending and ends every stream; completed snapshots stay.
     fn close(self) {
         self.coordinator.shutdown();
@@ -658,6 +679,12 @@ impl Serving {
         self.gate
             .send_replace(GateState::Open(term.services.clone()));
         set_health(&self.health, ServingStatus::Serving).await;
+    }
+
+    /// Reports NOT_SERVING while still letting requests through: for the drain at
+    /// shutdown, when task managers must still reach pending savepoints.
+    async fn report_not_serving(&self) {
+        set_health(&self.health, ServingStatus::NotServing).await;
     }
 
     /// Refuses requests (naming `leader` if known) and reports NOT_SERVING.

@@ -237,6 +237,15 @@ pub(super) async fn run(
     };
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    server.report_not_serving().await;
+    if let Some((_, term)) = &term {
+        // Still leading meanwhile (the election task keeps the lease alive), unless
+        // leadership is lost during the drain.
+        tokio::select! {
+            () = term.drain_savepoints(config.savepoint_drain) => {}
+            _ = role.wait_for(|r| !matches!(r, Role::Leader { .. })) => {}
+        }
+    }
     server.close("the server is shutting down", None).await;
     if let Some((_, term)) = term.take() {
         term.close();
