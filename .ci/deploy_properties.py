@@ -44,10 +44,14 @@ def server_variables():
 
 
 def shutdown_grace_secs():
-    found = re.search(r"shutdown_grace:\s*Duration::from_secs\((\d+)\)", source("src/server.rs"))
-    if not found:
-        sys.exit("found no default shutdown_grace in src/server.rs: has it moved?")
-    return int(found.group(1))
+    """The longest a default shutdown takes: the savepoint drain, then the connection grace."""
+    total = 0
+    for setting in ("savepoint_drain", "shutdown_grace"):
+        found = re.search(setting + r":\s*Duration::from_secs\((\d+)\)", source("src/server.rs"))
+        if not found:
+            sys.exit(f"found no default {setting} in src/server.rs: has it moved?")
+        total += int(found.group(1))
+    return total
 
 
 def by_kind(resources, kind):
@@ -78,7 +82,7 @@ def check_pod(overlay, workload, config):
     grace = shutdown_grace_secs()
     check(pod.get("terminationGracePeriodSeconds", 30) >= grace + 10,
           f"{name}: terminationGracePeriodSeconds must exceed the server's shutdown grace "
-          f"({grace} s, src/server.rs) with room to give up the lease")
+          f"({grace} s: savepoint drain plus shutdown grace, src/server.rs) with room to give up the lease")
 
     security = pod.get("securityContext", {})
     check(security.get("runAsNonRoot") is True, f"{name}: pod securityContext.runAsNonRoot is not true")
