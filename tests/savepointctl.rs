@@ -648,3 +648,73 @@ async fn a_claimed_savepoint_is_deleted_once_subsumed_and_an_unclaimed_one_stays
     assert_eq!(list, serde_json::json!([]), "it leaves the history too");
     server.stop().await;
 }
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef savepointctl"),
+        ("fish", "complete -c savepointctl"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_savepointctl"))
+            .args(["completions", shell])
+            .output()
+            .expect("savepointctl runs");
+        assert!(output.status.success(), "{shell}: {output:?}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("restore-latest"),
+            "{shell} names the subcommands"
+        );
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_savepointctl"))
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("savepointctl runs");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown shell is bad usage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_a_waiting_savepoint_shows_its_acknowledgement_progress() {
+    let server = TestServer::start().await;
+    succeeded("register", &ctl(&server, &["register", EXAMPLE_JOB]).await);
+    // Slow acknowledgements, so that the spinner polls the pending savepoint a few times.
+    let simulation = Simulation::start(&server, "wordcount", Duration::from_millis(1500)).await;
+    succeeded(
+        "set-status",
+        &ctl(&server, &["set-status", "wordcount", "RUNNING"]).await,
+    );
+    // script(1) gives savepointctl a pseudo-terminal; what it drew lands on stdout.
+    let command_line = format!(
+        "{} --server {} savepoint wordcount --timeout 15",
+        env!("CARGO_BIN_EXE_savepointctl"),
+        server.url()
+    );
+    let mut command = Command::new("script");
+    command
+        .args(["-qefc", &command_line, "/dev/null"])
+        .env_remove("SAVEPOINTCTL_SERVER")
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("savepointctl under script finishes in time")
+        .expect("script runs (util-linux)");
+    let drawn = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{drawn}");
+    assert!(
+        drawn.contains("subtasks acknowledged"),
+        "the spinner shows ack progress: {drawn}"
+    );
+    assert!(drawn.contains("/5 subtasks acknowledged"), "{drawn}");
+    assert!(
+        drawn.contains("savepoint-wordcount-"),
+        "then the path: {drawn}"
+    );
+    simulation.stop().await;
+    server.stop().await;
+}

@@ -51,8 +51,8 @@ struct Cli {
     )]
     server: String,
 
-    /// Output format: text for people, json for scripts (one JSON document on stdout).
-    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    /// Output format: table for people, json for scripts (one JSON document on stdout).
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
 
     #[command(subcommand)]
@@ -61,7 +61,10 @@ struct Cli {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
-    Text,
+    /// Lines and tables for people (with a progress indicator on a terminal).
+    #[value(alias = "text")]
+    Table,
+    /// One JSON document on stdout, for scripts.
     Json,
 }
 
@@ -158,6 +161,12 @@ enum Command {
     Unregister {
         /// Job id.
         job: String,
+    },
+    /// Prints a completion script for SHELL; e.g. `savepointctl completions bash >
+    /// /etc/bash_completion.d/savepointctl`, or `source <(savepointctl completions zsh)`.
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
     },
     /// Runs the job's subtasks on simulated task managers that acknowledge every
     /// checkpoint and savepoint, until Ctrl-C (SIGINT) or SIGTERM; then prints a summary.
@@ -517,6 +526,104 @@ async fn connect(server: &str) -> Result<Channel, Failure> {
     }
 }
 
+/// A spinner on stderr while a trigger waits for its snapshot, showing the snapshot's
+/// acknowledgement progress from GetCheckpointStats; only on a terminal, and gone once
+/// dropped.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(server: &str, job: &str, kind: proto::SnapshotKind) -> Option<Progress> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar.set_message(format!("triggering a {} of job {job}", kind_word(kind)));
+        let (server, job, shown) = (server.to_string(), job.to_string(), bar.clone());
+        let poller = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let Ok(mut client) = service(&server).await else {
+                return;
+            };
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let stats = client
+                    .get_checkpoint_stats(request(
+                        proto::GetCheckpointStatsRequest {
+                            job_id: job.clone(),
+                        },
+                        RPC_TIMEOUT,
+                    ))
+                    .await;
+                if let Ok(stats) = stats {
+                    shown.set_message(progress_message(
+                        kind,
+                        &stats.into_inner(),
+                        started.elapsed(),
+                    ));
+                }
+            }
+        });
+        Some(Progress { bar, poller })
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.poller.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+fn kind_word(kind: proto::SnapshotKind) -> &'static str {
+    match kind {
+        proto::SnapshotKind::Checkpoint => "checkpoint",
+        _ => "savepoint",
+    }
+}
+
+/// What the spinner says: the acknowledgements of the newest snapshot of `kind` in
+/// progress, or that none is in progress yet.
+fn progress_message(
+    kind: proto::SnapshotKind,
+    stats: &proto::GetCheckpointStatsResponse,
+    elapsed: Duration,
+) -> String {
+    let seconds = elapsed.as_secs_f64();
+    let pending = stats
+        .history
+        .iter()
+        .filter(|s| s.kind() == kind && s.status() == proto::SnapshotStatus::InProgress)
+        .max_by_key(|s| s.checkpoint_id);
+    match pending {
+        Some(s) => format!(
+            "{} {}: {}/{} subtasks acknowledged ({seconds:.1} s)",
+            kind_word(kind),
+            s.checkpoint_id,
+            s.acknowledged_subtasks,
+            s.total_subtasks
+        ),
+        None => format!("waiting for the {} ({seconds:.1} s)", kind_word(kind)),
+    }
+}
+
+/// `values` as a line of block characters, lowest to highest.
+fn sparkline(values: &[u64]) -> String {
+    const BLOCKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let (Some(&low), Some(&high)) = (values.iter().min(), values.iter().max()) else {
+        return String::new();
+    };
+    let span = (high - low).max(1);
+    values
+        .iter()
+        .map(|&v| BLOCKS[((v - low) * 7 / span) as usize])
+        .collect()
+}
+
 /// A request with a deadline; the server's waiting triggers answer just before it.
 fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -531,6 +638,9 @@ async fn service(server: &str) -> Result<SavepointServiceClient<Channel>, Failur
 async fn run(cli: Cli) -> Result<(), Failure> {
     let output = cli.output;
     let server = cli.server;
+    let progress = |job: &str, kind: proto::SnapshotKind, detach: bool| {
+        (output == Output::Table && !detach).then(|| Progress::start(&server, job, kind))
+    };
     // Commands that read a file do so before connecting, so a bad file is reported as
     // such even when the server is down.
     match cli.command {
@@ -581,8 +691,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 format!("job {job} is now {status}"),
             )?;
         }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "savepointctl", &mut std::io::stdout());
+        }
         Command::Savepoint(args) => {
             let job = args.job.clone();
+            let progress = progress(&job, proto::SnapshotKind::Savepoint, args.detach);
             let response = service(&server)
                 .await?
                 .trigger_savepoint(request(
@@ -594,13 +709,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     },
                     Duration::from_secs(args.timeout),
                 ))
-                .await?
-                .into_inner();
-            print_savepoint(output, &job, &response, args.detach)?;
+                .await;
+            drop(progress);
+            print_savepoint(output, &job, &response?.into_inner(), args.detach)?;
         }
         Command::Stop { savepoint, drain } => {
             let args = savepoint;
             let job = args.job.clone();
+            let progress = progress(&job, proto::SnapshotKind::Savepoint, args.detach);
             let response = service(&server)
                 .await?
                 .stop_with_savepoint(request(
@@ -613,9 +729,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     },
                     Duration::from_secs(args.timeout),
                 ))
-                .await?
-                .into_inner();
-            print_savepoint(output, &job, &response, args.detach)?;
+                .await;
+            drop(progress);
+            print_savepoint(output, &job, &response?.into_inner(), args.detach)?;
         }
         Command::Status { job, operation_id } => {
             let operation = service(&server)
@@ -632,7 +748,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner();
             match output {
                 Output::Json => print_json(&operation_json(&operation))?,
-                Output::Text => write_stdout(&operation_text(&operation, now_ms()))?,
+                Output::Table => write_stdout(&operation_text(&operation, now_ms()))?,
             }
             match operation.status() {
                 proto::OperationStatus::Pending | proto::OperationStatus::Completed => {}
@@ -658,7 +774,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Output::Json => print_json(&Value::Array(
                     savepoints.iter().map(savepoint_info_json).collect(),
                 ))?,
-                Output::Text => write_stdout(&savepoints_text(&job, &savepoints))?,
+                Output::Table => write_stdout(&savepoints_text(&job, &savepoints))?,
             }
         }
         Command::Dispose { path } => {
@@ -684,6 +800,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             )?;
         }
         Command::Checkpoint { job, timeout } => {
+            let progress = progress(&job, proto::SnapshotKind::Checkpoint, false);
             let response = service(&server)
                 .await?
                 .trigger_checkpoint(request(
@@ -692,8 +809,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     },
                     Duration::from_secs(timeout),
                 ))
-                .await?
-                .into_inner();
+                .await;
+            drop(progress);
+            let response = response?.into_inner();
             print(
                 output,
                 json!({"job_id": job, "checkpoint_id": response.checkpoint_id}),
@@ -754,7 +872,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner();
             match output {
                 Output::Json => print_json(&stats_json(&job, &stats))?,
-                Output::Text => write_stdout(&stats_text(&job, &stats, now_ms()))?,
+                Output::Table => write_stdout(&stats_text(&job, &stats, now_ms()))?,
             }
         }
         Command::Unregister { job } => {
@@ -814,7 +932,7 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
     };
     let plans = simulator.plans().to_vec();
     let simulation = simulator.connect(channel).await?;
-    if output == Output::Text {
+    if output == Output::Table {
         let tasks: usize = plans.iter().map(|p| p.tasks.len()).sum();
         let mut text = format!(
             "simulating {tasks} tasks on {} task managers; Ctrl-C to stop\n",
@@ -844,7 +962,7 @@ async fn simulate(simulator: Simulator, channel: Channel, output: Output) -> Res
         .await;
     match output {
         Output::Json => print_json(&summary_json(&summary))?,
-        Output::Text => write_stdout(&summary_text(&summary))?,
+        Output::Table => write_stdout(&summary_text(&summary))?,
     }
     match summary.end {
         SimulationEnd::Shutdown => Ok(()),
@@ -886,7 +1004,7 @@ fn write_stdout(text: &str) -> Result<(), Failure> {
 fn print(output: Output, json: Value, text: String) -> Result<(), Failure> {
     match output {
         Output::Json => print_json(&json),
-        Output::Text => write_stdout(&format!("{text}\n")),
+        Output::Table => write_stdout(&format!("{text}\n")),
     }
 }
 
@@ -1069,7 +1187,7 @@ fn print_restore(
             });
             print_json(&value)
         }
-        Output::Text => {
+        Output::Table => {
             let mut text = restore_text(job, response);
             let ownership = match claim_mode {
                 Some(ClaimModeArg::NoClaim) => {
@@ -1473,6 +1591,22 @@ fn stats_text(job: &str, stats: &proto::GetCheckpointStatsResponse, now_ms: u64)
                 ]
             })
             .collect();
+        // Oldest first, so that the line reads like a chart over time.
+        let durations: Vec<u64> = stats
+            .history
+            .iter()
+            .rev()
+            .filter(|s| s.status() == proto::SnapshotStatus::Completed)
+            .map(|s| s.duration_ms)
+            .collect();
+        if durations.len() > 1 {
+            text.push_str(&format!(
+                "duration trend    {} (oldest to newest, {}-{} ms)\n",
+                sparkline(&durations),
+                durations.iter().min().unwrap_or(&0),
+                durations.iter().max().unwrap_or(&0)
+            ));
+        }
         text.push_str("\nrecent snapshots, newest first:\n");
         text.push_str(&table(
             &[
@@ -1697,6 +1831,56 @@ mod tests {
     }
 
     #[test]
+    fn a_sparkline_scales_from_the_lowest_to_the_highest_value() {
+        assert_eq!(sparkline(&[10, 80, 45, 10]), "▁█▄▁");
+        assert_eq!(sparkline(&[5, 5]), "▁▁");
+        assert_eq!(sparkline(&[]), "");
+    }
+
+    #[test]
+    fn progress_names_the_acknowledgements_of_the_pending_snapshot() {
+        let snapshot =
+            |id, kind: proto::SnapshotKind, status: proto::SnapshotStatus| proto::SnapshotStats {
+                checkpoint_id: id,
+                kind: kind.into(),
+                status: status.into(),
+                acknowledged_subtasks: 3,
+                total_subtasks: 5,
+                ..Default::default()
+            };
+        let stats = proto::GetCheckpointStatsResponse {
+            history: vec![
+                snapshot(
+                    9,
+                    proto::SnapshotKind::Checkpoint,
+                    proto::SnapshotStatus::InProgress,
+                ),
+                snapshot(
+                    8,
+                    proto::SnapshotKind::Savepoint,
+                    proto::SnapshotStatus::InProgress,
+                ),
+                snapshot(
+                    7,
+                    proto::SnapshotKind::Savepoint,
+                    proto::SnapshotStatus::Completed,
+                ),
+            ],
+            ..Default::default()
+        };
+        let second = Duration::from_millis(1200);
+        assert_eq!(
+            progress_message(proto::SnapshotKind::Savepoint, &stats, second),
+            "savepoint 8: 3/5 subtasks acknowledged (1.2 s)"
+        );
+        let none = proto::GetCheckpointStatsResponse::default();
+        assert_eq!(
+            progress_message(proto::SnapshotKind::Savepoint, &none, second),
+            "waiting for the savepoint (1.2 s)"
+        );
+    }
+
+    #[test]
     fn stats_show_percentiles_failures_by_reason_and_skips() {
         let stats = proto::GetCheckpointStatsResponse {
             duration_ms: Some(proto::Summary {
@@ -1713,16 +1897,30 @@ mod tests {
                 .collect(),
             periodic_savepoints_skipped: 3,
             last_skip_reason: "job is Created, not RUNNING".to_string(),
-            history: vec![proto::SnapshotStats {
-                checkpoint_id: 4,
-                kind: proto::SnapshotKind::Savepoint.into(),
-                status: proto::SnapshotStatus::Completed.into(),
-                trigger: proto::SavepointTrigger::Manual.into(),
-                ..Default::default()
-            }],
+            history: vec![
+                proto::SnapshotStats {
+                    checkpoint_id: 4,
+                    kind: proto::SnapshotKind::Savepoint.into(),
+                    status: proto::SnapshotStatus::Completed.into(),
+                    trigger: proto::SavepointTrigger::Manual.into(),
+                    duration_ms: 9,
+                    ..Default::default()
+                },
+                proto::SnapshotStats {
+                    checkpoint_id: 3,
+                    kind: proto::SnapshotKind::Checkpoint.into(),
+                    status: proto::SnapshotStatus::Completed.into(),
+                    duration_ms: 1,
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
         let text = stats_text("j", &stats, 0);
+        assert!(
+            text.contains("duration trend    ▁█ (oldest to newest, 1-9 ms)\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "duration          min 1 ms, avg 2 ms, max 9 ms (4 snapshots); \
@@ -1738,7 +1936,10 @@ mod tests {
             text.contains("periodic skipped  3 periodic savepoints; last because job is"),
             "{text}"
         );
-        assert!(text.contains("4   savepoint  manual   completed"), "{text}");
+        assert!(
+            text.contains("4   savepoint   manual   completed"),
+            "{text}"
+        );
         let json = stats_json("j", &stats);
         assert_eq!(json["duration_ms"]["p99"], 9);
         assert_eq!(json["failed_by_reason"]["DECLINED"], 2);
