@@ -9,10 +9,20 @@
 //! acknowledgements, declines and task state changes. `savepointctl simulate` and the
 //! integration tests are built on it. [`simulator`] runs a whole job's subtasks on a few
 //! such sessions and acknowledges every snapshot.
+//!
+//! [`TaskManager`] is what a real task manager embeds: one session that stays up. It
+//! hands the coordinator's messages over as a stream of [`TaskManagerEvent`]s and
+//! reconnects with [`Backoff`] (exponential, with jitter) after a lost stream or a leader
+//! change, saying Hello again with its tasks' latest states; see its module for an
+//! example.
 
+mod reconnecting;
 pub mod simulator;
 mod task_manager;
 
+pub use reconnecting::{
+    Backoff, TaskManager, TaskManagerConfig, TaskManagerEvent, TaskManagerEvents,
+};
 pub use task_manager::{Downward, TaskManagerSession};
 
 use std::fmt;

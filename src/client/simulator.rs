@@ -634,23 +634,6 @@ impl SimulatedTaskManager {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_its_bound_and_resets() {
-        let mut backoff = super::Backoff::new();
-        let mut base = super::Backoff::FIRST;
-        for _ in 0..8 {
-            let delay = backoff.next_delay();
-            assert!(
-                delay >= base && delay <= base + base / 2,
-                "{delay:?} for {base:?}"
-            );
-            base = (base * 2).min(super::Backoff::MAX);
-        }
-        assert!(backoff.next_delay() >= super::Backoff::MAX);
-        backoff.reset();
-        assert!(backoff.next_delay() < super::Backoff::FIRST * 2);
-    }
-
     use super::*;
 
     fn vertices() -> Vec<SimulatedVertex> {
@@ -757,41 +740,6 @@ mod tests {
     }
 }
 
-/// Reconnect delays: exponential from [`Backoff::FIRST`] up to [`Backoff::MAX`], each
-/// with up to half of it added at random, so task managers that lost the same leader do
-/// not all come back in the same instant.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(50);
-    pub const MAX: Duration = Duration::from_secs(2);
-
-    pub fn new() -> Backoff {
-        Backoff { next: Self::FIRST }
-    }
-
-    /// The delay before the next attempt; doubles the one after.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        base + base.mul_f64(crate::jitter::random_fraction() / 2.0)
-    }
-
-    /// Back to the first delay, after a successful connection.
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
-    }
-}
-
 /// What [`simulate_reconnecting`] did over all its connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReconnectingSummary {
@@ -819,7 +767,7 @@ pub struct ObservedTerm {
 /// Runs the simulated task managers against whichever of `servers` (addresses of the
 /// replicas, or one Service address) accepts them, until `shutdown` resolves. When a
 /// stream ends (the leader changed or went away) every task manager disconnects and the
-/// cluster reconnects, trying each server in turn and waiting a [`Backoff`] after a
+/// cluster reconnects, trying each server in turn and waiting a [`Backoff`](super::Backoff) after a
 /// round in which none accepted; a server whose leader epoch is lower than one
 /// already seen (a deposed leader) is passed over.
 pub async fn simulate_reconnecting(
@@ -836,7 +784,7 @@ pub async fn simulate_reconnecting(
     }
     tokio::pin!(shutdown);
     let mut summary = ReconnectingSummary::default();
-    let mut backoff = Backoff::new();
+    let mut backoff = super::Backoff::new();
     let mut next_server = 0;
     loop {
         let server = &servers[next_server % servers.len()];

@@ -117,6 +117,11 @@ impl TaskManagerSession {
         self.leader_epoch
     }
 
+    /// The upward half of the stream, for a caller that sends from elsewhere.
+    pub(crate) fn sender(&self) -> mpsc::Sender<proto::TaskManagerMessage> {
+        self.outbound.clone()
+    }
+
     /// The id this session said Hello with.
     pub fn task_manager_id(&self) -> &str {
         &self.task_manager_id

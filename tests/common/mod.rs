@@ -126,6 +126,12 @@ impl TestServer {
         TestServer::start_on(data_dir, None, |_| {}).await
     }
 
+    /// Starts a server on loopback port `port` (0: any free one), e.g. the port of a
+    /// server that was stopped, so that clients find it again where it was.
+    pub async fn start_on_port(data_dir: &Path, port: u16) -> TestServer {
+        TestServer::start_at(data_dir, port, None, |_| {}).await
+    }
+
     /// Starts a server whose settings `configure` changes.
     pub async fn start_with(
         data_dir: &Path,
@@ -159,7 +165,16 @@ impl TestServer {
         stores: Option<Stores>,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        TestServer::start_at(data_dir, 0, stores, configure).await
+    }
+
+    async fn start_at(
+        data_dir: &Path,
+        port: u16,
+        stores: Option<Stores>,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let address = listener.local_addr().expect("bound address");
         let mut config = ServerConfig {
             data_dir: data_dir.to_path_buf(),
