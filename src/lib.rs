@@ -8,6 +8,8 @@
 pub mod client;
 pub mod coordinator;
 pub mod ha;
+pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

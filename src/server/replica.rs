@@ -178,7 +178,15 @@ pub(super) async fn run(
                         .with_metadata(MetadataStores::all_in(Arc::new(etcd)))
                 };
                 let leader_epoch = u64::try_from(*revision).unwrap_or_default();
-                match Term::open(&config, stores, leader_epoch, authenticator.clone()).await {
+                match Term::open(
+                    &config,
+                    stores,
+                    leader_epoch,
+                    authenticator.clone(),
+                    &server.metrics,
+                )
+                .await
+                {
                     // Leadership may have moved on while recovering.
                     Ok(opened) if *role.borrow() != current => opened.close(),
                     Ok(opened) => {
