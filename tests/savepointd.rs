@@ -1,5 +1,6 @@
 //! The `savepointd` binary: starts on a free port, logs the address, serves, and drains
-//! on SIGTERM with a task manager stream still open.
+//! on SIGTERM with a task manager stream still open; with `--http-listen` it also serves
+//! metrics over HTTP until it stops.
 
 mod common;
 
@@ -20,7 +21,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(data_dir: &std::path::Path) -> Daemon {
+    /// Starts savepointd on free ports with `extra` flags.
+    fn spawn(data_dir: &std::path::Path, extra: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_savepointd"))
             .args([
                 "--listen",
@@ -30,6 +32,7 @@ impl Daemon {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -100,7 +103,7 @@ impl Drop for Daemon {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savepointd_serves_on_the_logged_address_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::spawn(dir.path());
+    let mut daemon = Daemon::spawn(dir.path(), &[]);
     let listening = daemon.wait_for_log("savepointd listening");
     let address = listening["fields"]["address"]
         .as_str()
@@ -150,4 +153,49 @@ async fn savepointd_serves_on_the_logged_address_and_exits_cleanly_on_sigterm() 
     let requested = daemon.wait_for_log("shutdown requested");
     assert_eq!(requested["fields"]["signal"], "SIGTERM");
     daemon.wait_for_log("savepointd stopped");
+}
+
+/// GET `path` over a new connection (HTTP/1.1, closed after the response).
+async fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepointd_serves_metrics_on_the_logged_http_address_until_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::spawn(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let serving = daemon.wait_for_log("serving metrics and the status page over HTTP");
+    let address = serving["fields"]["address"]
+        .as_str()
+        .expect("address field")
+        .to_string();
+    assert!(
+        address.starts_with("127.0.0.1:") && !address.ends_with(":0"),
+        "{address}"
+    );
+    let metrics = within("GET /metrics", http_get(&address, "/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "savepoint_coordinator_leader 1"),
+        "{metrics}"
+    );
+
+    daemon.terminate();
+    let status = daemon.exit_status(Duration::from_secs(5)).await;
+    assert!(status.success(), "savepointd exited with {status}");
+    let after = within("GET after the exit", http_get(&address, "/metrics")).await;
+    assert!(
+        after.is_err(),
+        "the HTTP port answered after the exit: {after:?}"
+    );
 }

@@ -265,12 +265,9 @@ async fn main() -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, data_dir = %config.data_dir.display(), "savepointd listening");
     if let Some(http_listen) = args.http_listen {
+        // The server logs the bound address once it serves HTTP.
         let http = HttpListener::bind(http_listen)
             .with_context(|| format!("binding --http-listen {http_listen}"))?;
-        let address = http
-            .local_addr()
-            .context("reading the bound HTTP address")?;
-        tracing::info!(%address, "metrics at http://{address}/metrics, status page at http://{address}/");
         config.http_listener = Some(http);
     }
 
