@@ -6,9 +6,11 @@
 //! replicas. [`server::run`] wires them together.
 
 pub mod client;
+pub mod config_file;
 pub mod coordinator;
 pub mod ha;
 pub mod http;
+mod jitter;
 pub mod metrics;
 pub mod server;
 pub mod service;

@@ -3,10 +3,13 @@
 //!
 //! Shutdown order matters. A TriggerSavepoint call waits for its snapshot and a task
 //! manager's stream never ends by itself, so a plain graceful shutdown would wait forever.
-//! When `shutdown` resolves we therefore: report NOT_SERVING through health checking,
-//! shut the coordinator down (every pending snapshot fails, so waiting calls return
-//! UNAVAILABLE), stop the stream readers and close every task manager stream, and only
-//! then let tonic drain the connections, bounded by `shutdown_grace`.
+//! When `shutdown` resolves we therefore: report NOT_SERVING through health checking (a
+//! Kubernetes Service stops routing here), take no new snapshot but let the savepoints
+//! already pending complete, for at most `savepoint_drain` (task managers keep their
+//! streams meanwhile); then shut the coordinator down (what is still pending fails, so
+//! waiting calls return UNAVAILABLE), stop the stream readers and close every task
+//! manager stream, and only then let tonic drain the connections, bounded by
+//! `shutdown_grace`.
 //!
 //! Security is configured here too: TLS (rustls) from PEM files, mutual TLS when a client
 //! CA is given, and an [`auth::Guard`] in front of SavepointService (role client) and
@@ -20,6 +23,7 @@
 
 use crate::coordinator::clock::TokioClock;
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoreError};
+use crate::ha::election::LeaseDeadline;
 use crate::http::{HttpListener, HttpServer};
 use crate::metrics::{CurrentTerm, ServerMetrics};
 use crate::proto;
@@ -169,6 +173,9 @@ pub struct ServerConfig {
     pub stream_buffer: usize,
     /// How long shutdown waits for open calls and connections before giving up on them.
     pub shutdown_grace: Duration,
+    /// At shutdown, how long savepoints already pending may take to complete before they
+    /// are failed (nothing new is triggered meanwhile).
+    pub savepoint_drain: Duration,
     /// Directories besides the default savepoint directory (and each job's own) under
     /// which DisposeSavepoint may delete savepoints.
     pub extra_savepoint_roots: Vec<PathBuf>,
@@ -209,6 +216,7 @@ impl Default for ServerConfig {
             id_block_size: 64,
             stream_buffer: 1024,
             shutdown_grace: Duration::from_secs(10),
+            savepoint_drain: Duration::from_secs(10),
             extra_savepoint_roots: Vec::new(),
             max_requests_per_connection: 256,
             max_requests: 1024,
@@ -427,12 +435,12 @@ pub async fn run_with_stores(
     let authenticator = config.auth.load()?.map(Arc::new);
     let metrics = ServerMetrics::new(false);
     // Recovered before serving, so that the first call already finds every job.
-    let term = Term::open(&config, stores, 0, authenticator.clone(), &metrics).await?;
+    let term = Term::open(&config, stores, 0, None, authenticator.clone(), &metrics).await?;
     let initial = GateState::Open(term.services.clone());
     // Before the HTTP port opens, so that nothing reads "starting" once serving.
     metrics.status().lead(term.current());
     let mut server =
-        Serving::start_with(&config, listener, authenticator, initial, metrics).await?;
+        Serving::start_with(&config, listener, authenticator, initial, None, metrics).await?;
     tokio::pin!(shutdown);
     let ended = tokio::select! {
         served = server.stopped() => Some(served),
@@ -444,6 +452,8 @@ pub async fn run_with_stores(
         return served;
     }
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    server.report_not_serving().await;
+    term.drain_savepoints(config.savepoint_drain).await;
     server.close("the server is shutting down", None).await;
     term.close();
     server.drain(config.shutdown_grace).await
@@ -479,6 +489,7 @@ impl Term {
         config: &ServerConfig,
         stores: Stores,
         leader_epoch: u64,
+        lease: Option<LeaseDeadline>,
         authenticator: Option<Arc<Authenticator>>,
         metrics: &ServerMetrics,
     ) -> Result<Term, ServerError> {
@@ -495,7 +506,7 @@ impl Term {
                 setting: "default_savepoint_dir",
                 detail: e.to_string(),
             })?;
-        let registry = Arc::new(StreamRegistry::with_leader_epoch(leader_epoch));
+        let registry = Arc::new(StreamRegistry::for_leadership(leader_epoch, lease));
         let coordinator = Coordinator::new(
             stores,
             registry.clone(),
@@ -577,6 +588,18 @@ impl Term {
         }
     }
 
+    /// Lets pending savepoints complete within `bound`, triggering nothing new.
+    async fn drain_savepoints(&self, bound: Duration) {
+        let left = self.coordinator.drain_savepoints(bound).await;
+        if left > 0 {
+            tracing::warn!(
+                pending = left,
+                ?bound,
+                "savepoints still pending at the end of the shutdown drain fail"
+            );
+        }
+    }
+
     /// Fails everything pending and ends every stream; completed snapshots stay.
     fn close(self) {
         self.coordinator.shutdown();
@@ -612,9 +635,10 @@ impl Serving {
         listener: TcpListener,
         authenticator: Option<Arc<Authenticator>>,
         initial: GateState<TermServices>,
+        lease: Option<LeaseDeadline>,
     ) -> Result<Serving, ServerError> {
         let metrics = ServerMetrics::new(config.ha.is_some());
-        Serving::start_with(config, listener, authenticator, initial, metrics).await
+        Serving::start_with(config, listener, authenticator, initial, lease, metrics).await
     }
 
     /// Like [`Serving::start`], reporting `metrics` (which a term may already count into).
@@ -623,6 +647,7 @@ impl Serving {
         listener: TcpListener,
         authenticator: Option<Arc<Authenticator>>,
         initial: GateState<TermServices>,
+        lease: Option<LeaseDeadline>,
         metrics: Arc<ServerMetrics>,
     ) -> Result<Serving, ServerError> {
         let tls = config.tls.as_ref().map(TlsConfig::load).transpose()?;
@@ -641,8 +666,12 @@ impl Serving {
             metrics.status().stand_by(reason, leader.clone());
         }
         let (gate, gate_state) = watch::channel(initial);
-        let savepoints = Gate::new(gate_state.clone(), |t: &TermServices| t.savepoints.clone());
-        let task_gateway = Gate::new(gate_state, |t: &TermServices| t.task_gateway.clone());
+        let savepoints = Gate::new(
+            gate_state.clone(),
+            |t: &TermServices| t.savepoints.clone(),
+            lease.clone(),
+        );
+        let task_gateway = Gate::new(gate_state, |t: &TermServices| t.task_gateway.clone(), lease);
 
         let address = listener
             .local_addr()
@@ -704,6 +733,12 @@ impl Serving {
         set_health(&self.health, ServingStatus::Serving).await;
     }
 
+    /// Reports NOT_SERVING while still letting requests through: for the drain at
+    /// shutdown, when task managers must still reach pending savepoints.
+    async fn report_not_serving(&self) {
+        set_health(&self.health, ServingStatus::NotServing).await;
+    }
+
     /// Refuses requests (naming `leader` if known) and reports NOT_SERVING.
     async fn close(&self, reason: &str, leader: Option<String>) {
         self.metrics.status().stand_by(reason, leader.clone());
@@ -748,26 +783,31 @@ impl Serving {
     async fn drain(self, grace: Duration) -> Result<(), ServerError> {
         end_health_watches(self.health).await;
         let _ = self.stop.send(());
-        if let Some(http) = self.http {
-            http.stop(grace).await;
-        }
-        let mut task = self.task;
-        if task.is_finished() {
-            // Serving already ended by itself, and `stopped` has reported how.
-            return Ok(());
-        }
-        match tokio::time::timeout(grace, &mut task).await {
-            Ok(Ok(Ok(()))) => tracing::info!("stopped"),
-            Ok(Ok(Err(error))) => tracing::warn!("transport error while draining: {error}"),
-            Ok(Err(error)) => tracing::warn!("the server task failed: {error}"),
-            Err(_) => {
-                task.abort();
-                tracing::warn!(
-                    ?grace,
-                    "connections still open after the shutdown grace period; stopped without them"
-                )
+        let http = async {
+            if let Some(http) = self.http {
+                http.stop(grace).await;
             }
-        }
+        };
+        let mut task = self.task;
+        let grpc = async {
+            if task.is_finished() {
+                // Serving already ended by itself, and `stopped` has reported how.
+                return;
+            }
+            match tokio::time::timeout(grace, &mut task).await {
+                Ok(Ok(Ok(()))) => tracing::info!("stopped"),
+                Ok(Ok(Err(error))) => tracing::warn!("transport error while draining: {error}"),
+                Ok(Err(error)) => tracing::warn!("the server task failed: {error}"),
+                Err(_) => {
+                    task.abort();
+                    tracing::warn!(
+                        ?grace,
+                        "connections still open after the shutdown grace period; stopped without them"
+                    )
+                }
+            }
+        };
+        tokio::join!(http, grpc);
         Ok(())
     }
 }

@@ -4,10 +4,15 @@
 //! is killed with SIGKILL again and again (every other round a minority etcd member too),
 //! and once frozen with SIGSTOP and thawed after a successor took over.
 //!
-//! Checked: a new leader serves within a bound (the measured failover times are printed),
-//! no checkpoint id is handed out twice, every savepoint reported complete is listed and
-//! restores with exactly the state the tasks acknowledged, from S3, and the frozen
-//! leader, once thawed, is fenced: it reports NOT_SERVING and names its successor.
+//! Checked: a new leader serves within a bound (the measured failover times are printed)
+//! and never two replicas at once; no checkpoint id is handed out twice (savepoint ids
+//! as reported, and every id the task managers were triggered with, periodic
+//! checkpoints included, rises from one leader to the next); a savepoint in flight at a
+//! kill ends COMPLETED or FAILED with COORDINATOR_SHUT_DOWN on the new leader, never lost
+//! or pending; every savepoint reported complete is listed and restores with exactly the
+//! state the tasks acknowledged, from S3; and the frozen leader, once thawed, is fenced:
+//! it reports NOT_SERVING and names its successor (its refused etcd writes are shown
+//! in-process by tests/etcd_store.rs and tests/ha.rs).
 //!
 //! `FAILOVER_ROUNDS` (default 4) sets how many leaders are killed.
 
@@ -29,15 +34,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 const JOB: &str = "failover-job";
 /// A new leader must serve within this after the old one died (lease 1 s).
 const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 /// How long one RPC may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a health check may take: short, so that a frozen replica delays a sweep
+/// (and the failover figure) only a little.
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(250);
 
 struct Replica {
     address: String,
@@ -164,27 +170,37 @@ async fn channel(address: &str) -> Option<Channel> {
 }
 
 async fn health(address: &str) -> Option<ServingStatus> {
-    let mut client = HealthClient::new(channel(address).await?);
-    let request = HealthCheckRequest {
-        service: "savepoint.v1.SavepointService".to_string(),
-    };
-    let response = tokio::time::timeout(CALL_TIMEOUT, client.check(request))
-        .await
-        .ok()?
-        .ok()?;
-    Some(response.into_inner().status())
+    common::health_check(
+        channel(address).await?,
+        "savepoint.v1.SavepointService",
+        HEALTH_TIMEOUT,
+    )
+    .await
 }
 
-/// The index of the replica that reports SERVING, waiting up to `bound`.
+/// The index of the replica that reports SERVING, waiting up to `bound`. Every running
+/// replica is asked at once (a frozen one only costs one short timeout per sweep), and
+/// no sweep may find two of them serving.
 async fn leader(replicas: &Replicas, bound: Duration) -> usize {
     let started = Instant::now();
     loop {
-        for (i, replica) in replicas.replicas.iter().enumerate() {
-            if replica.child.is_some()
-                && health(&replica.address).await == Some(ServingStatus::Serving)
-            {
-                return i;
+        let sweep = replicas.replicas.iter().map(|replica| async move {
+            match replica.child {
+                Some(_) => health(&replica.address).await,
+                None => None,
             }
+        });
+        let statuses = futures::future::join_all(sweep).await;
+        let serving: Vec<usize> = (0..statuses.len())
+            .filter(|&i| statuses[i] == Some(ServingStatus::Serving))
+            .collect();
+        assert!(
+            serving.len() <= 1,
+            "replicas {serving:?} all report SERVING at once:\n{}",
+            replicas.logs()
+        );
+        if let Some(&leader) = serving.first() {
+            return leader;
         }
         assert!(
             started.elapsed() < bound,
@@ -192,6 +208,60 @@ async fn leader(replicas: &Replicas, bound: Duration) -> usize {
             replicas.logs()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Triggers a detached savepoint on the leader and returns its operation id, for an
+/// operation that is in flight when the leader dies.
+async fn trigger_detached(address: &str, request_id: &str) -> Option<String> {
+    let mut client = savepoints_client(address).await;
+    let request = proto::TriggerSavepointRequest {
+        job_id: JOB.to_string(),
+        request_id: request_id.to_string(),
+        detach: true,
+        ..Default::default()
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, client.trigger_savepoint(request)).await {
+        Ok(Ok(response)) => Some(response.into_inner().operation_id),
+        Ok(Err(status)) => {
+            tracing_note(&status);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The outcome of operation `operation_id` as the current leader reports it, once it is
+/// no longer PENDING: an operation accepted by a leader that then died must end up
+/// COMPLETED or FAILED, never lost and never pending for ever.
+async fn settled_operation(replicas: &Replicas, operation_id: &str) -> proto::SavepointOperation {
+    let started = Instant::now();
+    loop {
+        let leader = leader(replicas, FAILOVER_BOUND).await;
+        let mut client = savepoints_client(&replicas.replicas[leader].address).await;
+        let request = proto::GetSavepointOperationRequest {
+            job_id: JOB.to_string(),
+            operation_id: operation_id.to_string(),
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, client.get_savepoint_operation(request)).await {
+            Ok(Ok(response)) => {
+                let operation = response.into_inner();
+                if operation.status() != proto::OperationStatus::Pending {
+                    return operation;
+                }
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                panic!("operation {operation_id}, accepted before the failover, is lost: {status}")
+            }
+            Ok(Err(status)) => tracing_note(&status),
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "operation {operation_id} still pending 30 s after the failover:\n{}",
+            replicas.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -331,6 +401,8 @@ async fn the_leader_is_killed_again_and_again_and_nothing_is_lost() {
     let mut failovers = Vec::new();
     let mut first_savepoints = Vec::new();
     let mut leader_kills = 0;
+    // Savepoints in flight at a kill that the new leader reports (completed, failed).
+    let mut in_flight_outcomes = (0, 0);
     let mut etcd_kills = 0;
     for round in 0..rounds {
         for _ in 0..2 {
@@ -347,6 +419,11 @@ async fn the_leader_is_killed_again_and_again_and_nothing_is_lost() {
             completion_order.push(id);
         }
         let old = leader(&replicas, FAILOVER_BOUND).await;
+        let in_flight = trigger_detached(
+            &replicas.replicas[old].address,
+            &format!("in-flight-{round}"),
+        )
+        .await;
         let killed_etcd = (round % 2 == 1).then_some(round % 3);
         if let Some(member) = killed_etcd {
             etcd.kill(member);
@@ -358,6 +435,30 @@ async fn the_leader_is_killed_again_and_again_and_nothing_is_lost() {
         let new = leader(&replicas, FAILOVER_BOUND).await;
         failovers.push(killed.elapsed());
         assert_ne!(new, old);
+        if let Some(operation_id) = in_flight {
+            let operation = settled_operation(&replicas, &operation_id).await;
+            match operation.status() {
+                proto::OperationStatus::Completed => {
+                    in_flight_outcomes.0 += 1;
+                    assert!(
+                        completed
+                            .insert(operation.checkpoint_id, operation.path)
+                            .is_none(),
+                        "savepoint id {} reported twice",
+                        operation.checkpoint_id
+                    );
+                    completion_order.push(operation.checkpoint_id);
+                }
+                _ => {
+                    in_flight_outcomes.1 += 1;
+                    assert_eq!(
+                        operation.failure_reason(),
+                        proto::FailureReason::CoordinatorShutDown,
+                        "an operation cut off by the failover: {operation:?}"
+                    );
+                }
+            }
+        }
         let (id, path) = take_savepoint(
             &replicas,
             &format!("after-kill-{round}"),
@@ -485,6 +586,36 @@ async fn the_leader_is_killed_again_and_again_and_nothing_is_lost() {
         .await
         .unwrap()
         .expect("simulated task managers");
+    // Periodic checkpoints and savepoints alike: every id a later leader triggered is
+    // above every id an earlier leader did.
+    let mut highest_earlier: Option<(u64, u64)> = None; // (epoch, highest id)
+    let mut epochs = 0;
+    for term in &summary.terms {
+        let Some((lowest, highest)) = term.checkpoint_ids else {
+            continue;
+        };
+        match highest_earlier {
+            Some((epoch, earlier)) if epoch < term.leader_epoch => {
+                assert!(
+                    lowest > earlier,
+                    "leader epoch {} triggered checkpoint {lowest}, not above {earlier} of \
+                     epoch {epoch}: {:?}",
+                    term.leader_epoch,
+                    summary.terms
+                );
+                epochs += 1;
+            }
+            Some((epoch, _)) => assert_eq!(epoch, term.leader_epoch, "{:?}", summary.terms),
+            None => epochs += 1,
+        }
+        let highest = highest_earlier.map_or(highest, |(_, h)| h.max(highest));
+        highest_earlier = Some((term.leader_epoch, highest));
+    }
+    assert!(
+        epochs > rounds,
+        "checkpoints were triggered under every leader: {:?}",
+        summary.terms
+    );
     let mut failover_times = failovers.clone();
     let mut first_savepoint_times = first_savepoints.clone();
     let failover_median = median(&mut failover_times);
@@ -494,11 +625,16 @@ async fn the_leader_is_killed_again_and_again_and_nothing_is_lost() {
          etcd members killed; new leader serving after min {:?} / median \
          {failover_median:?} / max {:?}; first savepoint on the new leader after median \
          {first_savepoint_median:?} / max {:?}; {} savepoints verified (listed and \
-         restored from S3); task managers connected {} times, {} acks",
+         restored from S3); in flight at a kill: {} completed, {} failed \
+         COORDINATOR_SHUT_DOWN; checkpoint ids rose across {epochs} leader epochs ({} \
+         triggers); task managers connected {} times, {} acks",
         failover_times.first().unwrap(),
         failover_times.last().unwrap(),
         first_savepoint_times.last().unwrap(),
         completed.len(),
+        in_flight_outcomes.0,
+        in_flight_outcomes.1,
+        summary.counts.triggers,
         summary.connections,
         summary.counts.acks,
     ));

@@ -19,9 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 const VERTICES: &[(&str, u32)] = &[("src", 2), ("sink", 1)];
 
@@ -44,16 +42,9 @@ async fn replica(etcd: &EtcdCluster, moto: &Moto, data_dir: &Path, name: &str) -
 
 /// The health of `service` ("" for the whole server) on `server`.
 async fn health(server: &TestServer, service: &str) -> ServingStatus {
-    let request = HealthCheckRequest {
-        service: service.to_string(),
-    };
-    let response = within(
-        "a health check",
-        HealthClient::new(server.channel().await).check(request),
-    )
-    .await
-    .expect("health check");
-    response.into_inner().status()
+    common::health_check(server.channel().await, service, common::WAIT)
+        .await
+        .expect("an answer to a health check")
 }
 
 async fn wait_until_serving(server: &TestServer) {

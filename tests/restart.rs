@@ -1,4 +1,5 @@
-//! A server restarted on the same data directory, and a server stopped with work in flight.
+//! A server restarted on the same data directory, and a server stopped with work in flight:
+//! pending savepoints may complete during the shutdown drain, the rest fail.
 
 mod common;
 
@@ -130,4 +131,60 @@ async fn stopping_the_server_fails_a_pending_savepoint_instead_of_hanging() {
         status.message().contains("the server is shutting down"),
         "{status:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_savepoint_completes_during_the_shutdown_drain_and_nothing_new_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = TestServer::start_with(dir.path(), |config| {
+        config.savepoint_drain = std::time::Duration::from_secs(15);
+    })
+    .await;
+    let mut client = server.savepoints().await;
+    let held = job("draining", VERTICES, policy(0, 0));
+    register(&mut client, &held).await;
+    let cluster = Cluster::start(&server, &held, 1, Acks::HoldSavepoints, &[]).await;
+    set_status(&mut client, "draining", proto::JobStatus::Running).await;
+
+    let mut caller = client.clone();
+    let savepoint =
+        tokio::spawn(async move { common::trigger_savepoint(&mut caller, "draining").await });
+    let trigger = cluster.first_trigger(SnapshotKind::Savepoint).await;
+    server.begin_stop();
+
+    // Draining: NOT_SERVING, and no new snapshot of any kind.
+    common::eventually("NOT_SERVING during the drain", || async {
+        let status = common::health_check(server.channel().await, "", common::WAIT).await;
+        (status == Some(tonic_health::pb::health_check_response::ServingStatus::NotServing))
+            .then_some(())
+    })
+    .await;
+    let refused = common::trigger_savepoint(&mut client, "draining")
+        .await
+        .expect_err("no new savepoint while draining");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        common::failure_reason(&refused),
+        Some("COORDINATOR_SHUT_DOWN")
+    );
+    assert!(refused.message().contains("shutting down"), "{refused:?}");
+    let refused = common::try_trigger_checkpoint(&mut client, "draining")
+        .await
+        .expect_err("no new checkpoint while draining");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    // The tasks acknowledge the pending savepoint: it completes, then the server stops.
+    cluster.acknowledge_all(trigger.checkpoint_id);
+    let completed = within("the savepoint call", savepoint)
+        .await
+        .expect("caller task")
+        .expect("the pending savepoint completes during the drain");
+    assert_eq!(completed.checkpoint_id, trigger.checkpoint_id);
+    assert!(
+        std::path::Path::new(&completed.path)
+            .join("_metadata")
+            .is_file(),
+        "{completed:?}"
+    );
+    server.stop().await;
 }

@@ -960,10 +960,12 @@ async fn periodic_savepoints_are_skipped_until_the_job_runs() {
     .await;
     assert_eq!(taken.trigger(), SavepointTrigger::Periodic);
     assert!(has_metadata(&taken.path));
-    let latest = stats(&mut client, "periodic")
-        .await
-        .latest_savepoint
-        .expect("latest savepoint");
+    // The index entry is written before the completion is recorded in the statistics.
+    let latest = eventually("the periodic savepoint in the statistics", || {
+        let mut client = client.clone();
+        async move { stats(&mut client, "periodic").await.latest_savepoint }
+    })
+    .await;
     assert_eq!(latest.trigger(), SavepointTrigger::Periodic);
     server.stop().await;
 }

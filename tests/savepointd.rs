@@ -1,6 +1,7 @@
 //! The `savepointd` binary: starts on a free port, logs the address, serves, and drains
-//! on SIGTERM with a task manager stream still open; with `--http-listen` it also serves
-//! metrics over HTTP until it stops.
+//! on SIGTERM with a task manager stream still open; takes its settings from a TOML file,
+//! the environment and flags, in rising precedence, and refuses a bad file by name; with
+//! `--http-listen` it also serves metrics over HTTP until it stops.
 
 mod common;
 
@@ -21,9 +22,9 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Starts savepointd on free ports with `extra` flags.
-    fn spawn(data_dir: &std::path::Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_savepointd"))
+    fn spawn(data_dir: &std::path::Path) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_savepointd"));
+        command
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -31,8 +32,13 @@ impl Daemon {
                 "json",
                 "--data-dir",
             ])
-            .arg(data_dir)
-            .args(extra)
+            .arg(data_dir);
+        Daemon::spawn_command(command)
+    }
+
+    /// Spawns `command` (a savepointd whose logs must be JSON).
+    fn spawn_command(mut command: Command) -> Daemon {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -103,7 +109,7 @@ impl Drop for Daemon {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savepointd_serves_on_the_logged_address_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::spawn(dir.path(), &[]);
+    let mut daemon = Daemon::spawn(dir.path());
     let listening = daemon.wait_for_log("savepointd listening");
     let address = listening["fields"]["address"]
         .as_str()
@@ -155,6 +161,69 @@ async fn savepointd_serves_on_the_logged_address_and_exits_cleanly_on_sigterm() 
     daemon.wait_for_log("savepointd stopped");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_the_file_the_environment_and_flags_in_rising_precedence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let from_file = dir.path().join("from-file");
+    let from_flag = dir.path().join("from-flag");
+    let settings = dir.path().join("savepointd.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "listen = \"127.0.0.1:0\"\nlog-format = \"text\"\ndata_dir = {:?}\n\
+             savepoint-drain-secs = 1\n",
+            from_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_savepointd"));
+    command
+        .arg("--config")
+        .arg(&settings)
+        .arg("--data-dir")
+        .arg(&from_flag)
+        // The environment overrides the file's text logs (the daemon reads JSON).
+        .env("SAVEPOINTD_LOG_FORMAT", "json");
+    let mut daemon = Daemon::spawn_command(command);
+    let listening = daemon.wait_for_log("savepointd listening");
+    assert_eq!(
+        listening["fields"]["data_dir"],
+        from_flag.display().to_string(),
+        "the flag overrides the file"
+    );
+    let address = listening["fields"]["address"].as_str().unwrap();
+    assert!(
+        address.starts_with("127.0.0.1:"),
+        "from the file: {address}"
+    );
+    assert!(!from_file.exists());
+    daemon.terminate();
+    let status = daemon.exit_status(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_bad_settings_file_stops_savepointd_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (text, expected) in [
+        ("listen = \"nowhere\"", "listen: invalid value 'nowhere'"),
+        ("data-dri = \"/tmp/x\"", "data-dri: no such setting"),
+        ("max-requests = -1", "max-requests: invalid value '-1'"),
+    ] {
+        let settings = dir.path().join("bad.toml");
+        std::fs::write(&settings, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_savepointd"))
+            .arg("--config")
+            .arg(&settings)
+            .output()
+            .expect("run savepointd");
+        assert_eq!(output.status.code(), Some(2), "{text}: exit code");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{text}: {stderr}");
+        assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
+    }
+}
+
 /// GET `path` over a new connection (HTTP/1.1, closed after the response).
 async fn http_get(address: &str, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -169,7 +238,18 @@ async fn http_get(address: &str, path: &str) -> std::io::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savepointd_serves_metrics_on_the_logged_http_address_until_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::spawn(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_savepointd"));
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(["--http-listen", "127.0.0.1:0"]);
+    let mut daemon = Daemon::spawn_command(command);
     let serving = daemon.wait_for_log("serving metrics and the status page over HTTP");
     let address = serving["fields"]["address"]
         .as_str()

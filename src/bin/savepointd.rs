@@ -1,10 +1,13 @@
 //! savepointd: the savepoint coordinator server.
 //!
-//! Reads its settings from flags or the environment, binds the listener, and runs
-//! [`savepoint_coordinator::server::run`] until SIGINT or SIGTERM, then drains gracefully.
+//! Reads its settings from flags, the environment (`SAVEPOINTD_*`) and an optional TOML
+//! file (`--config`, see [`savepoint_coordinator::config_file`]), in that order of
+//! precedence; binds the listener, and runs [`savepoint_coordinator::server::run`] until
+//! SIGINT or SIGTERM, then drains gracefully.
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use savepoint_coordinator::config_file;
 use savepoint_coordinator::http::HttpListener;
 use savepoint_coordinator::server::{self, AuthConfig, HaConfig, ServerConfig, TlsConfig};
 use savepoint_coordinator::store::object::S3Config;
@@ -28,6 +31,12 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// A TOML file of settings: each key a flag's long name, each value what the flag
+    /// takes (`listen = "0.0.0.0:50051"`, `etcd-endpoint = ["a:2379", "b:2379"]`). Flags
+    /// and environment variables override it.
+    #[arg(long, env = "SAVEPOINTD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Address to serve gRPC on (SavepointService, TaskGateway, health, reflection).
     /// Use port 0 to let the system pick a free port; the bound address is logged.
     #[arg(long, env = "SAVEPOINTD_LISTEN", default_value = "127.0.0.1:50051")]
@@ -114,6 +123,17 @@ struct Args {
     /// client's deadline) nor to task manager streams.
     #[arg(long, env = "SAVEPOINTD_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
+
+    /// At shutdown (SIGTERM), seconds that savepoints already pending may take to
+    /// complete; nothing new is triggered meanwhile and health reports NOT_SERVING. Those
+    /// still pending then fail with COORDINATOR_SHUT_DOWN.
+    #[arg(long, env = "SAVEPOINTD_SAVEPOINT_DRAIN_SECS", default_value_t = 10)]
+    savepoint_drain_secs: u64,
+
+    /// At shutdown, after the savepoint drain: seconds that open calls and connections
+    /// may take to finish before they are cut.
+    #[arg(long, env = "SAVEPOINTD_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
 
     /// Log format: text for people, json for log collectors. The level is set with
     /// RUST_LOG (default "info"), e.g. RUST_LOG=savepoint_coordinator=debug.
@@ -208,9 +228,38 @@ async fn shutdown_signal(
     tracing::info!(signal = name, "shutdown requested");
 }
 
+/// The settings file named by `--config FILE`, `--config=FILE` or SAVEPOINTD_CONFIG,
+/// looked up before the flags are parsed, since its values become their defaults.
+fn config_file_path() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("SAVEPOINTD_CONFIG").map(PathBuf::from)
+}
+
+/// Flags over environment over the settings file over the built-in defaults.
+fn parse_args() -> anyhow::Result<Args> {
+    let mut command = Args::command();
+    if let Some(path) = config_file_path() {
+        command = config_file::apply(command, &path)?;
+    }
+    let matches = command.get_matches();
+    Ok(Args::from_arg_matches(&matches)?)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = parse_args().unwrap_or_else(|error| {
+        // Usage errors exit 2, as clap's own do.
+        eprintln!("error: {error:#}");
+        std::process::exit(2)
+    });
     init_logging(args.log_format);
 
     let mut config = ServerConfig {
@@ -247,6 +296,8 @@ async fn main() -> anyhow::Result<()> {
             lease_ttl: Duration::from_secs(args.leader_lease_secs),
             advertise_address: args.advertise_address,
         }),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        savepoint_drain: Duration::from_secs(args.savepoint_drain_secs),
         ..ServerConfig::default()
     };
     config.validate().context("invalid configuration")?;

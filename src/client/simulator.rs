@@ -111,6 +111,9 @@ pub struct SimulationCounts {
     pub stream_errors: u64,
     /// Barriers a task manager missed because it fell behind.
     pub missed_barriers: u64,
+    /// The lowest and the highest checkpoint id triggered (periodic checkpoints and
+    /// savepoints alike), if any was.
+    pub checkpoint_ids: Option<(u64, u64)>,
 }
 
 /// Live counts of a running simulation, shared with its task managers; cheap to clone.
@@ -128,6 +131,8 @@ struct Counters {
     aborts: AtomicU64,
     stream_errors: AtomicU64,
     missed_barriers: AtomicU64,
+    /// See [`SimulationCounts::checkpoint_ids`]; updated once per trigger, not per ack.
+    checkpoint_ids: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 impl SimulationProgress {
@@ -141,7 +146,27 @@ impl SimulationProgress {
             aborts: c.aborts.load(Ordering::Relaxed),
             stream_errors: c.stream_errors.load(Ordering::Relaxed),
             missed_barriers: c.missed_barriers.load(Ordering::Relaxed),
+            checkpoint_ids: *c.checkpoint_ids.lock().unwrap_or_else(|e| e.into_inner()),
         }
+    }
+
+    fn note_trigger(&self, checkpoint_id: u64) {
+        let mut ids = self
+            .counters
+            .checkpoint_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *ids = widen(*ids, Some((checkpoint_id, checkpoint_id)));
+    }
+}
+
+/// The smallest range holding both ranges.
+fn widen(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match (a, b) {
+        (Some((low_a, high_a)), Some((low_b, high_b))) => {
+            Some((low_a.min(low_b), high_a.max(high_b)))
+        }
+        (range, None) | (None, range) => range,
     }
 }
 
@@ -525,6 +550,7 @@ impl SimulatedTaskManager {
         match message {
             Ok(Some(Downward::TriggerCheckpoint(trigger))) => {
                 count(&self.progress.counters.triggers, 1);
+                self.progress.note_trigger(trigger.checkpoint_id);
                 tracing::debug!(task_manager = %task_manager_id, checkpoint_id = trigger.checkpoint_id, attempt_id = trigger.attempt_id, "trigger received");
                 if trigger.job_id == self.job_id {
                     // No receivers only happens while stopping; nothing is lost then.
@@ -751,7 +777,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(Self::MAX);
-        base + base.mul_f64(jitter_fraction() / 2.0)
+        base + base.mul_f64(crate::jitter::random_fraction() / 2.0)
     }
 
     /// Back to the first delay, after a successful connection.
@@ -766,16 +792,6 @@ impl Default for Backoff {
     }
 }
 
-/// A number in [0, 1) that differs from call to call (std's randomly keyed hasher over
-/// a counter: jitter needs no cryptographic randomness).
-fn jitter_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// What [`simulate_reconnecting`] did over all its connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReconnectingSummary {
@@ -787,6 +803,17 @@ pub struct ReconnectingSummary {
     pub counts: SimulationCounts,
     /// The largest leader epoch seen; a reconnect never goes back below it.
     pub leader_epoch: u64,
+    /// Each connection in the order they were made: the leader epoch it served and the
+    /// checkpoint ids it triggered, to check that ids only go up across leaders.
+    pub terms: Vec<ObservedTerm>,
+}
+
+/// One connection of [`simulate_reconnecting`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObservedTerm {
+    pub leader_epoch: u64,
+    /// The lowest and highest checkpoint id triggered on it.
+    pub checkpoint_ids: Option<(u64, u64)>,
 }
 
 /// Runs the simulated task managers against whichever of `servers` (addresses of the
@@ -866,6 +893,10 @@ pub async fn simulate_reconnecting(
         next_server -= 1;
         let ended = simulation.run(&mut shutdown).await;
         summary.counts.add(&ended.counts);
+        summary.terms.push(ObservedTerm {
+            leader_epoch: summary.leader_epoch,
+            checkpoint_ids: ended.counts.checkpoint_ids,
+        });
         if ended.end == SimulationEnd::Shutdown {
             return Ok(summary);
         }
@@ -882,5 +913,6 @@ impl SimulationCounts {
         self.aborts += other.aborts;
         self.stream_errors += other.stream_errors;
         self.missed_barriers += other.missed_barriers;
+        self.checkpoint_ids = widen(self.checkpoint_ids, other.checkpoint_ids);
     }
 }

@@ -123,6 +123,9 @@ pub struct JobState {
     pub fencing_token: u64,
     pub status: JobStatus,
     pub shut_down: bool,
+    /// The server is shutting down: pending savepoints may still complete, but nothing
+    /// new is triggered.
+    pub draining: bool,
     pub tasks: TaskTable,
     pub checkpoints: SnapshotCoordinator,
     pub savepoints: SnapshotCoordinator,
@@ -155,6 +158,7 @@ impl JobState {
             fencing_token,
             status,
             shut_down: false,
+            draining: false,
             checkpoints: SnapshotCoordinator::new(),
             savepoints: SnapshotCoordinator::new(),
             retained: VecDeque::new(),
@@ -194,6 +198,13 @@ impl JobState {
             return Err(SnapshotFailure::new(
                 FailureReason::CoordinatorShutDown,
                 "the job's coordinator is shut down",
+            ));
+        }
+        if self.draining {
+            return Err(SnapshotFailure::new(
+                FailureReason::CoordinatorShutDown,
+                "the server is shutting down: it lets pending savepoints finish but takes \
+                 no new snapshot; retry once a server serves again",
             ));
         }
         if self.status != JobStatus::Running {
@@ -856,7 +867,7 @@ impl JobState {
         let Some(interval) = self.spec.policy.interval else {
             return SchedulerStep::Stop;
         };
-        if self.shut_down || self.status != JobStatus::Running {
+        if self.shut_down || self.draining || self.status != JobStatus::Running {
             return SchedulerStep::Stop;
         }
         let due = *self.periodic.next_due.get_or_insert(now + interval);

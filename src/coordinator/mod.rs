@@ -208,7 +208,12 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: CoordinatorConfig,
     shut_down: AtomicBool,
+    /// Set by [`Coordinator::drain_savepoints`]: no new job is registered.
+    draining: AtomicBool,
 }
+
+/// How often a draining coordinator looks whether its pending savepoints are done.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Handle to the coordinator core; cheap to clone, shared by every RPC handler.
 #[derive(Clone)]
@@ -234,6 +239,7 @@ impl Coordinator {
                 clock,
                 config,
                 shut_down: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -402,7 +408,9 @@ impl Coordinator {
 
     /// Registers a job; returns its fencing token.
     pub async fn register_job(&self, spec: JobSpec) -> Result<u64, CoreError> {
-        if self.inner.shut_down.load(Ordering::Acquire) {
+        if self.inner.shut_down.load(Ordering::Acquire)
+            || self.inner.draining.load(Ordering::Acquire)
+        {
             return Err(CoreError::ShutDown);
         }
         let spec = spec.validate().map_err(CoreError::InvalidArgument)?;
@@ -484,18 +492,55 @@ impl Coordinator {
         self.carry_out(job, effects);
     }
 
-    /// Stops every job's coordinator: all pending results fail, completed savepoints stay.
-    pub fn shutdown(&self) {
-        self.inner.shut_down.store(true, Ordering::Release);
-        let jobs: Vec<Arc<Job>> = self
-            .inner
+    /// The first step of a graceful shutdown: takes no new snapshot (triggers are refused
+    /// with COORDINATOR_SHUT_DOWN, periodic schedules stop, no job is registered) and waits
+    /// up to `bound` for the savepoints already pending to complete, since a user waits for
+    /// each of them; pending checkpoints are left to [`shutdown`](Self::shutdown). Returns
+    /// how many savepoints were still pending at the bound.
+    pub async fn drain_savepoints(&self, bound: std::time::Duration) -> usize {
+        self.inner.draining.store(true, Ordering::Release);
+        let jobs = self.all_jobs();
+        for job in &jobs {
+            let mut state = job.lock();
+            state.draining = true;
+            stop_scheduler(&mut state);
+            if let Some(scheduler) = state.savepoint_scheduler.take() {
+                scheduler.abort();
+            }
+        }
+        let pending = || -> usize { jobs.iter().map(|j| j.lock().savepoints.pending.len()).sum() };
+        if pending() > 0 {
+            tracing::info!(
+                pending = pending(),
+                ?bound,
+                "waiting for pending savepoints before shutting down"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let left = pending();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            let next_look = tokio::time::Instant::now() + DRAIN_POLL;
+            tokio::time::sleep_until(deadline.min(next_look)).await;
+        }
+    }
+
+    fn all_jobs(&self) -> Vec<Arc<Job>> {
+        self.inner
             .jobs
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
-        for job in jobs {
+            .collect()
+    }
+
+    /// Stops every job's coordinator: all pending results fail, completed savepoints stay.
+    pub fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::Release);
+        for job in self.all_jobs() {
             self.shut_down_job(&job, "the server is shutting down");
         }
     }

@@ -394,7 +394,7 @@ impl Coordinator {
             tokio::time::sleep(delay).await;
             let skip = {
                 let state = job.lock();
-                if state.shut_down {
+                if state.shut_down || state.draining {
                     return;
                 }
                 let previous = state

@@ -10,6 +10,8 @@
 
 use super::etcd::{self, EtcdClient};
 use crate::store::etcd::Fence;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -52,21 +54,68 @@ impl ElectionConfig {
     fn poll_interval(&self) -> Duration {
         (self.lease_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(2))
     }
+
+    /// How long one etcd member may take to answer an election call before the next is
+    /// tried: a quarter of the lease, so that a member that hangs costs a retry on
+    /// another member, not the lease.
+    fn call_timeout(&self) -> Duration {
+        (self.lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(3))
+    }
+}
+
+/// Until when this replica's leadership is surely valid: etcd cannot have let its lease
+/// expire before then. Shared with the serving side, which checks it before admitting a
+/// call or sending a message, so that a leader whose process was paused past its lease
+/// does nothing in the moment before its election task notices.
+#[derive(Clone, Debug)]
+pub struct LeaseDeadline {
+    base: Instant,
+    /// Microseconds after `base`; 0 while not leading.
+    until_micros: Arc<AtomicU64>,
+}
+
+impl Default for LeaseDeadline {
+    fn default() -> Self {
+        LeaseDeadline {
+            base: Instant::now(),
+            until_micros: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LeaseDeadline {
+    /// Whether the lease surely still lives now.
+    pub fn is_valid(&self) -> bool {
+        let until = self.until_micros.load(Ordering::Acquire);
+        until != 0 && (self.base.elapsed().as_micros() as u64) < until
+    }
+
+    pub(crate) fn extend_to(&self, until: Instant) {
+        let micros = until.saturating_duration_since(self.base).as_micros() as u64;
+        self.until_micros.store(micros.max(1), Ordering::Release);
+    }
+
+    pub(crate) fn expire(&self) {
+        self.until_micros.store(0, Ordering::Release);
+    }
 }
 
 /// Campaigns until `shutdown` turns true, publishing this replica's role on the returned
-/// channel; on shutdown a leader gives up its lease so that another takes over at once.
+/// channel and the validity of its lease in `deadline`; on shutdown a leader gives up
+/// its lease so that another takes over at once.
 pub fn campaign(
     client: EtcdClient,
     config: ElectionConfig,
+    deadline: LeaseDeadline,
     mut shutdown: watch::Receiver<bool>,
 ) -> (watch::Receiver<Role>, tokio::task::JoinHandle<()>) {
     let (role_tx, role_rx) = watch::channel(Role::Follower { leader: None });
     let task = tokio::spawn(async move {
         let candidate = Candidate {
-            client,
+            client: client.with_call_timeout(config.call_timeout()),
             config,
             role: role_tx,
+            deadline,
         };
         tokio::select! {
             () = candidate.run() => {}
@@ -78,6 +127,7 @@ pub fn campaign(
         {
             tracing::warn!("could not give up the leader lease at shutdown: {error}");
         }
+        candidate.deadline.expire();
         candidate.role.send_replace(Role::Follower { leader: None });
     });
     (role_rx, task)
@@ -87,6 +137,7 @@ struct Candidate {
     client: EtcdClient,
     config: ElectionConfig,
     role: watch::Sender<Role>,
+    deadline: LeaseDeadline,
 }
 
 impl Candidate {
@@ -95,8 +146,10 @@ impl Candidate {
             match self.try_to_lead().await {
                 Ok(Some((lease, revision, valid_until))) => {
                     tracing::info!(revision, lease, "elected leader");
+                    self.deadline.extend_to(valid_until);
                     self.role.send_replace(Role::Leader { lease, revision });
                     self.lead(lease, revision, valid_until).await;
+                    self.deadline.expire();
                     self.role.send_replace(Role::Follower { leader: None });
                     // Best effort: a lease nobody refreshes expires anyway.
                     let _ = self.client.revoke_lease(lease).await;
@@ -147,7 +200,10 @@ impl Candidate {
     }
 
     fn note_leader(&self, address: &[u8]) {
-        let leader = Some(String::from_utf8_lossy(address).into_owned());
+        // The key may still be this replica's own, from a term it just gave up (its lease
+        // has not run out yet): then no leader is known, this replica is not one.
+        let leader = Some(String::from_utf8_lossy(address).into_owned())
+            .filter(|leader| *leader != self.config.advertise_address);
         self.role.send_if_modified(|role| {
             let follower = Role::Follower {
                 leader: leader.clone(),
@@ -181,6 +237,7 @@ impl Candidate {
             match refreshed {
                 Ok(Ok((ttl, Some(holder)))) if holder.create_revision == revision => {
                     valid_until = sent + ttl.min(self.config.lease_ttl);
+                    self.deadline.extend_to(valid_until);
                 }
                 Ok(Ok(_)) => {
                     tracing::warn!(

@@ -30,10 +30,16 @@ use pb::etcdserverpb::{
 };
 pub use pb::mvccpb::KeyValue;
 
-/// How long one call to one member may take before the next member is tried.
+/// How long one call to one member may take before the next member is tried, unless
+/// the client is made with [`EtcdClient::with_call_timeout`].
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long connecting to one member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Keys read per range request when reading a prefix: a prefix of any size is read in
+/// pages, so no answer comes near the message size limit below.
+const RANGE_PAGE: i64 = 256;
+/// Largest answer decoded from a member (etcd's own request limit is 1.5 MiB per value).
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Errors of the etcd client.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,8 @@ pub struct EtcdClient {
     members: Arc<[Member]>,
     /// The member that answered last; calls start there.
     current: Arc<AtomicUsize>,
+    /// How long one member may take to answer before the next one is tried.
+    call_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -101,7 +109,7 @@ impl EtcdClient {
                     .connect_lazy();
                 Ok(Member {
                     endpoint: endpoint.clone(),
-                    kv: KvClient::new(channel.clone()),
+                    kv: KvClient::new(channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES),
                     lease: LeaseClient::new(channel),
                 })
             })
@@ -109,7 +117,18 @@ impl EtcdClient {
         Ok(EtcdClient {
             members: members.into(),
             current: Arc::new(AtomicUsize::new(0)),
+            call_timeout: CALL_TIMEOUT,
         })
+    }
+
+    /// The same connections, but a member that has not answered within `timeout` is
+    /// given up for the next one: the leader election uses a fraction of its lease, so
+    /// that one hanging member cannot use up the whole lease.
+    pub fn with_call_timeout(&self, timeout: Duration) -> EtcdClient {
+        EtcdClient {
+            call_timeout: timeout,
+            ..self.clone()
+        }
     }
 
     /// The endpoints, comma-separated, for messages.
@@ -135,7 +154,7 @@ impl EtcdClient {
             let index = (start + offset) % self.members.len();
             let member = self.members[index].clone();
             let endpoint = member.endpoint.clone();
-            match tokio::time::timeout(CALL_TIMEOUT, call(member)).await {
+            match tokio::time::timeout(self.call_timeout, call(member)).await {
                 Ok(Ok(answer)) => {
                     self.current.store(index, Ordering::Relaxed);
                     return Ok(answer);
@@ -153,7 +172,7 @@ impl EtcdClient {
                         status.message()
                     )));
                 }
-                Err(_) => last = format!("{endpoint}: no answer within {CALL_TIMEOUT:?}"),
+                Err(_) => last = format!("{endpoint}: no answer within {:?}", self.call_timeout),
             }
         }
         Err(EtcdError::Unreachable {
@@ -177,20 +196,40 @@ impl EtcdClient {
         Ok(response.into_inner().kvs.into_iter().next())
     }
 
-    /// Every key under `prefix`, in key order.
+    /// Every key under `prefix`, in key order, read in pages of [`RANGE_PAGE`] keys at
+    /// the revision of the first page (so the result is one consistent view).
     pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
-        let request = RangeRequest {
+        let range_end = prefix_end(prefix.as_bytes());
+        let mut request = RangeRequest {
             key: prefix.as_bytes().to_vec(),
-            range_end: prefix_end(prefix.as_bytes()),
+            range_end,
+            limit: RANGE_PAGE,
             ..RangeRequest::default()
         };
-        let response = self
-            .on_any_member(|mut m| {
-                let request = request.clone();
-                async move { m.kv.range(request).await }
-            })
-            .await?;
-        Ok(response.into_inner().kvs)
+        let mut kvs = Vec::new();
+        loop {
+            let page = self
+                .on_any_member(|mut m| {
+                    let request = request.clone();
+                    async move { m.kv.range(request).await }
+                })
+                .await?
+                .into_inner();
+            if request.revision == 0 {
+                request.revision = page.header.map(|h| h.revision).unwrap_or_default();
+            }
+            let next_key = page.kvs.last().map(|kv| {
+                // The smallest key after the last one read.
+                let mut key = kv.key.clone();
+                key.push(0);
+                key
+            });
+            kvs.extend(page.kvs);
+            match next_key {
+                Some(key) if page.more => request.key = key,
+                _ => return Ok(kvs),
+            }
+        }
     }
 
     /// Runs a transaction: `success` if every compare holds, else `failure`.

@@ -14,7 +14,7 @@
 //! manager streams end, and the task managers reconnect to the new leader.
 
 use super::{ServerConfig, ServerError, Serving, Term};
-use crate::ha::election::{self, ElectionConfig, Role};
+use crate::ha::election::{self, ElectionConfig, LeaseDeadline, Role};
 use crate::ha::etcd::EtcdClient;
 use crate::service::gate::GateState;
 use crate::store::etcd::EtcdStore;
@@ -130,10 +130,22 @@ pub(super) async fn run(
         reason: "no leader is elected yet".to_string(),
         leader: None,
     };
-    let mut server = Serving::start(&config, listener, authenticator.clone(), no_leader).await?;
+    let lease = LeaseDeadline::default();
+    let mut server = Serving::start(
+        &config,
+        listener,
+        authenticator.clone(),
+        no_leader,
+        Some(lease.clone()),
+    )
+    .await?;
     let (stop_election, election_stopped) = watch::channel(false);
-    let (mut role, election) =
-        election::campaign(client.clone(), election_config.clone(), election_stopped);
+    let (mut role, election) = election::campaign(
+        client.clone(),
+        election_config.clone(),
+        lease.clone(),
+        election_stopped,
+    );
     tracing::info!(
         etcd = %client.endpoints(),
         %advertise_address,
@@ -178,15 +190,15 @@ pub(super) async fn run(
                         .with_metadata(MetadataStores::all_in(Arc::new(etcd)))
                 };
                 let leader_epoch = u64::try_from(*revision).unwrap_or_default();
-                match Term::open(
+                let opening = Term::open(
                     &config,
                     stores,
                     leader_epoch,
+                    Some(lease.clone()),
                     authenticator.clone(),
                     &server.metrics,
-                )
-                .await
-                {
+                );
+                match opening.await {
                     // Leadership may have moved on while recovering.
                     Ok(opened) if *role.borrow() != current => opened.close(),
                     Ok(opened) => {
@@ -226,6 +238,15 @@ pub(super) async fn run(
     };
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    server.report_not_serving().await;
+    if let Some((_, term)) = &term {
+        // Still leading meanwhile (the election task keeps the lease alive), unless
+        // leadership is lost during the drain.
+        tokio::select! {
+            () = term.drain_savepoints(config.savepoint_drain) => {}
+            _ = role.wait_for(|r| !matches!(r, Role::Leader { .. })) => {}
+        }
+    }
     server.close("the server is shutting down", None).await;
     if let Some((_, term)) = term.take() {
         term.close();

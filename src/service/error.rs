@@ -55,7 +55,7 @@ fn store_error_code(error: &StoreError) -> Code {
         }
         StoreError::Io { .. } | StoreError::Unavailable(_) => Code::Unavailable,
         StoreError::Corrupted { .. } => Code::DataLoss,
-        StoreError::Encode { .. } => Code::Internal,
+        StoreError::Encode { .. } | StoreError::Refused(_) => Code::Internal,
     }
 }
 
@@ -214,6 +214,7 @@ mod tests {
             store(StoreError::Unavailable("x".into())),
             Code::Unavailable
         );
+        assert_eq!(store(StoreError::Refused("x".into())), Code::Internal);
         assert_eq!(
             store(StoreError::Corrupted {
                 path: "x".into(),

@@ -7,6 +7,7 @@
 //! A follower's answer names the leader (in the message and in the `x-leader-address`
 //! metadata), so a client that reached the wrong replica knows where to go.
 
+use crate::ha::election::LeaseDeadline;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,10 +32,17 @@ pub enum GateState<T> {
     },
 }
 
+/// Why a leader whose lease may have run out refuses calls.
+const LEASE_LAPSED: &str =
+    "this replica's leadership lease may have expired (it could not refresh it in time)";
+
 /// One service behind the gate; `pick` selects it from the term's services `T`.
 pub struct Gate<T, S> {
     state: watch::Receiver<GateState<T>>,
     pick: fn(&T) -> S,
+    /// With high availability: an open gate admits calls only while the leader's lease
+    /// surely lives, also in the moment before a lapsed lease closes the gate.
+    lease: Option<LeaseDeadline>,
 }
 
 impl<T, S> Clone for Gate<T, S> {
@@ -42,13 +50,18 @@ impl<T, S> Clone for Gate<T, S> {
         Gate {
             state: self.state.clone(),
             pick: self.pick,
+            lease: self.lease.clone(),
         }
     }
 }
 
 impl<T, S> Gate<T, S> {
-    pub fn new(state: watch::Receiver<GateState<T>>, pick: fn(&T) -> S) -> Self {
-        Gate { state, pick }
+    pub fn new(
+        state: watch::Receiver<GateState<T>>,
+        pick: fn(&T) -> S,
+        lease: Option<LeaseDeadline>,
+    ) -> Self {
+        Gate { state, pick, lease }
     }
 }
 
@@ -92,6 +105,9 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let target = match &*self.state.borrow() {
+            GateState::Open(_) if self.lease.as_ref().is_some_and(|l| !l.is_valid()) => {
+                Err(closed_status(LEASE_LAPSED, None))
+            }
             GateState::Open(services) => Ok((self.pick)(services)),
             GateState::Closed { reason, leader } => Err(closed_status(reason, leader.as_deref())),
         };
@@ -124,5 +140,36 @@ mod tests {
         );
         let status = closed_status("no leader is elected yet", None);
         assert!(status.metadata().get(LEADER_ADDRESS_METADATA).is_none());
+    }
+
+    type Inner =
+        tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+    /// The grpc-status of what `gate` answers (None: the inner service answered).
+    async fn answer(gate: &mut Gate<Inner, Inner>) -> Option<String> {
+        let response = gate.call(http::Request::new(Body::empty())).await.unwrap();
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[tokio::test]
+    async fn an_open_gate_refuses_calls_once_the_leadership_lease_may_have_expired() {
+        let inner: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
+            |_request: http::Request<Body>| async { Ok(http::Response::new(Body::empty())) },
+        ));
+        let (_state, receiver) = watch::channel(GateState::Open(inner));
+        let lease = LeaseDeadline::default();
+        let mut gate = Gate::new(receiver, |inner: &Inner| inner.clone(), Some(lease.clone()));
+        assert_eq!(
+            answer(&mut gate).await,
+            Some("14".into()),
+            "never leading yet"
+        );
+        lease.extend_to(tokio::time::Instant::now() + std::time::Duration::from_secs(60));
+        assert_eq!(answer(&mut gate).await, None, "the lease lives: admitted");
+        lease.expire();
+        assert_eq!(answer(&mut gate).await, Some("14".into()), "UNAVAILABLE");
     }
 }

@@ -11,6 +11,7 @@
 use super::convert;
 use crate::coordinator::gateway::{TaskGateway, TaskMessage};
 use crate::coordinator::model::TaskManagerId;
+use crate::ha::election::LeaseDeadline;
 use crate::proto;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +36,9 @@ pub struct StreamRegistry {
     dropped: AtomicU64,
     /// Stamped on every message (see `CoordinatorMessage.leader_epoch`).
     leader_epoch: u64,
+    /// With high availability: messages go out only while the leader's lease surely
+    /// lives (a leader paused past its lease must not trigger anything on waking).
+    lease: Option<LeaseDeadline>,
 }
 
 impl StreamRegistry {
@@ -43,12 +47,24 @@ impl StreamRegistry {
         Self::default()
     }
 
-    /// An empty registry for the leadership term with fencing token `leader_epoch`.
-    pub fn with_leader_epoch(leader_epoch: u64) -> Self {
+    /// An empty registry for the leadership term with fencing token `leader_epoch`,
+    /// whose messages go out only while `lease` is valid (None: always).
+    pub fn for_leadership(leader_epoch: u64, lease: Option<LeaseDeadline>) -> Self {
         StreamRegistry {
             leader_epoch,
+            lease,
             ..Self::default()
         }
+    }
+
+    /// Whether a message may go out now (see `lease`); counts and logs one that may not.
+    fn may_send(&self, tm: &TaskManagerId) -> bool {
+        if self.lease.as_ref().is_none_or(LeaseDeadline::is_valid) {
+            return true;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(task_manager = %tm, "message to task manager dropped: the leadership lease may have expired");
+        false
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<TaskManagerId, Session>> {
@@ -133,6 +149,9 @@ impl StreamRegistry {
         sender: &StreamSender,
         mut message: proto::CoordinatorMessage,
     ) -> bool {
+        if !self.may_send(tm) {
+            return false;
+        }
         message.leader_epoch = self.leader_epoch;
         let why = match sender.try_send(Ok(message)) {
             Ok(()) => return true,
@@ -183,6 +202,25 @@ mod tests {
             attempt_id: AttemptId(1),
             fencing_token: 0,
         }
+    }
+
+    #[test]
+    fn nothing_goes_out_once_the_leadership_lease_may_have_expired() {
+        let lease = LeaseDeadline::default();
+        lease.extend_to(tokio::time::Instant::now() + std::time::Duration::from_secs(60));
+        let registry = StreamRegistry::for_leadership(7, Some(lease.clone()));
+        let tm = TaskManagerId::new("tm-1");
+        let (sender, mut receiver) = mpsc::channel(8);
+        assert!(registry.attach(tm.clone(), 1, sender));
+        assert!(registry.send(&tm, notify()));
+        assert_eq!(receiver.try_recv().unwrap().unwrap().leader_epoch, 7);
+        lease.expire();
+        assert!(!registry.send(&tm, notify()));
+        assert!(
+            receiver.try_recv().is_err(),
+            "no message after the lease lapsed"
+        );
+        assert_eq!(registry.dropped_messages(), 1);
     }
 
     #[test]

@@ -39,11 +39,15 @@ const CAS_ATTEMPTS: u32 = 64;
 
 /// Up to 2^min(attempt, 5) ms, picked at random.
 fn race_backoff(attempt: u32) -> std::time::Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(attempt);
-    let ceiling_us = 1_000u64 << attempt.min(5);
-    std::time::Duration::from_micros(hasher.finish() % ceiling_us)
+    let ceiling = std::time::Duration::from_millis(1 << attempt.min(5));
+    ceiling.mul_f64(crate::jitter::random_fraction())
+}
+
+/// What became of a write that was answered with an error.
+enum Settled {
+    Applied,
+    NotApplied(StoreError),
+    Unknown(StoreError),
 }
 
 /// See the module documentation.
@@ -55,8 +59,16 @@ pub struct EtcdStore {
 }
 
 impl From<EtcdError> for StoreError {
+    /// Only an unreachable cluster is worth retrying (UNAVAILABLE); an answer that refuses
+    /// the call will refuse it again.
     fn from(error: EtcdError) -> Self {
-        StoreError::Unavailable(error.to_string())
+        match error {
+            EtcdError::Unreachable { .. } => StoreError::Unavailable(error.to_string()),
+            EtcdError::InvalidEndpoint { .. }
+            | EtcdError::NoEndpoints
+            | EtcdError::Refused(_)
+            | EtcdError::LeaseExpired(_) => StoreError::Refused(error.to_string()),
+        }
     }
 }
 
@@ -135,6 +147,23 @@ impl EtcdStore {
             }
         }
         Ok(false)
+    }
+
+    /// After a write of `value` at `key` failed with `error`: whether it was applied after
+    /// all. A call that timed out on every member may still have been committed, so the
+    /// key is read back before anything is cleaned up as if the write had failed.
+    async fn settle(&self, key: &str, value: &[u8], error: StoreError) -> Settled {
+        match self.client.get(key).await {
+            Ok(Some(kv)) if kv.value == value => {
+                tracing::info!(key, "a write answered with an error was applied: {error}");
+                Settled::Applied
+            }
+            Ok(_) => Settled::NotApplied(error),
+            Err(read) => {
+                tracing::warn!(key, "whether a failed write was applied is unknown: {read}");
+                Settled::Unknown(error)
+            }
+        }
     }
 
     /// Fails unless the fence still holds (nothing is written).
@@ -309,15 +338,12 @@ impl EtcdStore {
         format!("{}{:020}", self.checkpoints_prefix(job), id.0)
     }
 
-    fn history_prefix(&self, job: Option<&JobId>) -> String {
-        match job {
-            Some(job) => format!("{}/savepoints/{job}/", self.prefix),
-            None => format!("{}/savepoints/", self.prefix),
-        }
+    fn history_prefix(&self, job: &JobId) -> String {
+        format!("{}/savepoints/{job}/", self.prefix)
     }
 
     fn history_key(&self, job: &JobId, id: CheckpointId) -> String {
-        format!("{}{:020}", self.history_prefix(Some(job)), id.0)
+        format!("{}{:020}", self.history_prefix(job), id.0)
     }
 
     /// Deletes every key under `prefix` under the fence.
@@ -353,15 +379,22 @@ impl CompletedCheckpointStore for EtcdCheckpointPointers {
         let key = self
             .etcd
             .checkpoint_pointer(&snapshot.job_id, snapshot.checkpoint_id);
-        if let Err(error) = self.etcd.put(&key, Vec::new()).await {
-            // Not retained after all: leave no object that no pointer names.
-            let _ = self
-                .inner
-                .remove(&snapshot.job_id, snapshot.checkpoint_id)
-                .await;
-            return Err(error);
+        let Err(error) = self.etcd.put(&key, Vec::new()).await else {
+            return Ok(());
+        };
+        match self.etcd.settle(&key, &[], error).await {
+            Settled::Applied => Ok(()),
+            Settled::NotApplied(error) => {
+                // Not retained after all: leave no object that no pointer names.
+                let _ = self
+                    .inner
+                    .remove(&snapshot.job_id, snapshot.checkpoint_id)
+                    .await;
+                Err(error)
+            }
+            // The pointer may exist: the object must stay for it.
+            Settled::Unknown(error) => Err(error),
         }
-        Ok(())
     }
 
     async fn remove(&self, job: &JobId, id: CheckpointId) -> StoreResult<()> {
@@ -386,22 +419,22 @@ impl CompletedCheckpointStore for EtcdCheckpointPointers {
             wanted.push((CheckpointId(id), key));
         }
         let stored = self.inner.load_all(job).await?;
-        wanted
-            .into_iter()
-            .map(|(id, key)| {
-                stored
-                    .iter()
-                    .find(|s| s.checkpoint_id == id)
-                    .cloned()
-                    .ok_or_else(|| StoreError::Corrupted {
-                        path: key,
-                        detail: format!(
-                            "checkpoint {} is retained but its metadata is missing",
-                            id.0
-                        ),
-                    })
-            })
-            .collect()
+        let mut retained = Vec::with_capacity(wanted.len());
+        for (id, key) in wanted {
+            match stored.iter().find(|s| s.checkpoint_id == id) {
+                Some(snapshot) => retained.push(snapshot.clone()),
+                // A pointer whose write was answered with an error but applied after its
+                // object was removed again: it names nothing, so the older retained
+                // checkpoints are what remains (the job is not failed over it).
+                None => tracing::warn!(
+                    job = %job,
+                    checkpoint_id = id.0,
+                    pointer = key,
+                    "a retained checkpoint's pointer names no metadata; it is skipped"
+                ),
+            }
+        }
+        Ok(retained)
     }
 
     async fn remove_all(&self, job: &JobId) -> StoreResult<()> {
@@ -413,22 +446,24 @@ impl CompletedCheckpointStore for EtcdCheckpointPointers {
 }
 
 impl EtcdSavepointHistory {
-    /// The history key of the savepoint at `path`, if it is listed.
+    /// The history key of the savepoint at `path`, if it is listed. The key follows from
+    /// the directory's name (`savepoint-<job>-<id>`); the entry must also name this path.
     async fn key_of(&self, path: &str) -> StoreResult<Option<String>> {
         let wanted = path.trim_end_matches('/');
         let wanted = wanted.strip_suffix("/_metadata").unwrap_or(wanted);
-        for kv in self
-            .etcd
-            .client
-            .get_prefix(&self.etcd.history_prefix(None))
-            .await?
-        {
-            let record = decode_history(&kv)?;
-            if record.path.trim_end_matches('/') == wanted {
-                return Ok(Some(String::from_utf8_lossy(&kv.key).into_owned()));
-            }
-        }
-        Ok(None)
+        let Some((job, id)) = wanted
+            .rsplit('/')
+            .next()
+            .and_then(super::parse_savepoint_dir_name)
+        else {
+            return Ok(None);
+        };
+        let key = self.etcd.history_key(&job, id);
+        let Some(kv) = self.etcd.client.get(&key).await? else {
+            return Ok(None);
+        };
+        let record = decode_history(&kv)?;
+        Ok((record.path.trim_end_matches('/') == wanted).then_some(key))
     }
 }
 
@@ -478,12 +513,19 @@ impl SavepointStore for EtcdSavepointHistory {
             .etcd
             .history_key(&snapshot.job_id, snapshot.checkpoint_id);
         let bytes = encode_record(RecordKind::SavepointIndex, &record, &key)?;
-        if let Err(error) = self.etcd.put(&key, bytes).await {
-            // Never listed, so never reported: take the savepoint back.
-            let _ = self.inner.dispose(&path).await;
-            return Err(error);
+        let Err(error) = self.etcd.put(&key, bytes.clone()).await else {
+            return Ok(path);
+        };
+        match self.etcd.settle(&key, &bytes, error).await {
+            Settled::Applied => Ok(path),
+            Settled::NotApplied(error) => {
+                // Never listed, so never reported: take the savepoint back.
+                let _ = self.inner.dispose(&path).await;
+                Err(error)
+            }
+            // It may be listed: the savepoint must stay for it.
+            Settled::Unknown(error) => Err(error),
         }
-        Ok(path)
     }
 
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
@@ -493,7 +535,7 @@ impl SavepointStore for EtcdSavepointHistory {
     async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>> {
         self.etcd
             .client
-            .get_prefix(&self.etcd.history_prefix(Some(job)))
+            .get_prefix(&self.etcd.history_prefix(job))
             .await?
             .iter()
             .map(decode_history)

@@ -20,7 +20,7 @@ use super::codec::{self, RecordKind};
 use super::{
     CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore,
     OwnedStateStore, SavepointRecord, SavepointStore, StoreError, StoreResult, UnreadableJob,
-    encode_record, savepoint_dir_name,
+    encode_record, parse_savepoint_dir_name, savepoint_dir_name,
 };
 use crate::coordinator::model::{
     CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateData,
@@ -691,14 +691,6 @@ impl OperationStore for FsStore {
         })
         .await
     }
-}
-
-/// Splits `savepoint-<job>-<id>` into job and id.
-fn parse_savepoint_dir_name(name: &str) -> Option<(JobId, CheckpointId)> {
-    let (job, id) = name.strip_prefix("savepoint-")?.rsplit_once('-')?;
-    let id = id.parse().ok()?;
-    crate::coordinator::model::validate_name(job).ok()?;
-    Some((JobId::new(job), CheckpointId(id)))
 }
 
 #[async_trait]

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// The backend cannot be reached or refused the operation (used by injected faults too).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The backend answered, but refused the operation in a way that retrying will not
+    /// change (a request etcd considers too large, a misconfigured cluster...).
+    #[error("the store refused the operation: {0}")]
+    Refused(String),
     /// The metadata could not be encoded into the record format; nothing was written.
     #[error("encoding {what} failed: {source}")]
     Encode {
@@ -343,6 +347,14 @@ pub fn normalize_absolute(location: &str) -> StoreResult<std::path::PathBuf> {
 /// Name of a savepoint directory, shared by every backend: `savepoint-<job>-<id>`.
 pub fn savepoint_dir_name(job: &JobId, id: CheckpointId) -> String {
     format!("savepoint-{job}-{id}")
+}
+
+/// Splits a [`savepoint_dir_name`] into job and id.
+pub fn parse_savepoint_dir_name(name: &str) -> Option<(JobId, CheckpointId)> {
+    let (job, id) = name.strip_prefix("savepoint-")?.rsplit_once('-')?;
+    let id = id.parse().ok()?;
+    crate::coordinator::model::validate_name(job).ok()?;
+    Some((JobId::new(job), CheckpointId(id)))
 }
 
 /// The kind tag of a record, written into each encoded file so that a file of one kind

@@ -26,10 +26,10 @@
 use super::codec::{self, RecordKind};
 use super::{
     CompletedCheckpointStore, OwnedStateStore, SavepointRecord, SavepointStore, StoreError,
-    StoreResult, encode_record, savepoint_dir_name,
+    StoreResult, encode_record, parse_savepoint_dir_name, savepoint_dir_name,
 };
 use crate::coordinator::model::{
-    CheckpointId, CompletedSnapshot, JobId, SavepointTrigger, StateData, StateHandle, validate_name,
+    CheckpointId, CompletedSnapshot, JobId, SavepointTrigger, StateData, StateHandle,
 };
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
@@ -480,14 +480,6 @@ impl BucketStore {
 struct IndexEntry {
     record: SavepointRecord,
     retired: bool,
-}
-
-/// Splits `savepoint-<job>-<id>` into job and id.
-fn parse_savepoint_dir_name(name: &str) -> Option<(JobId, CheckpointId)> {
-    let (job, id) = name.strip_prefix("savepoint-")?.rsplit_once('-')?;
-    let id = id.parse().ok()?;
-    validate_name(job).ok()?;
-    Some((JobId::new(job), CheckpointId(id)))
 }
 
 #[async_trait]

@@ -142,6 +142,22 @@ impl EtcdCluster {
         self.spawn(index);
     }
 
+    /// Waits until member `index` itself answers a linearizable read, which it can only
+    /// once it has rejoined the cluster (after a restart).
+    pub async fn wait_until_member_serves(&self, index: usize) {
+        let endpoint = format!("127.0.0.1:{}", self.members[index].client_port);
+        let client = EtcdClient::new(&[endpoint]).expect("etcd client of one member");
+        let started = Instant::now();
+        while client.get("/savepoint-test/ping").await.is_err() {
+            assert!(
+                started.elapsed() < STARTUP,
+                "etcd member {index} did not rejoin within {STARTUP:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the cluster answers a read (it has a raft leader).
     pub async fn wait_until_serving(&mut self) {
         let client = self.client();

@@ -33,6 +33,7 @@ impl TestServer {
         let config = ServerConfig {
             data_dir: data_dir.path().to_path_buf(),
             shutdown_grace: Duration::from_secs(2),
+            savepoint_drain: Duration::from_millis(300),
             ..ServerConfig::default()
         };
         let listener = TcpListener::bind("127.0.0.1:0")

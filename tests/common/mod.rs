@@ -40,6 +40,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// hangs until the grace period cuts it short fails the test.
 const STOP_WITHIN: Duration = Duration::from_secs(3);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
+/// Short, so that tests stopping a server under a savepoint that can never finish do not
+/// wait long; tests of the drain itself set their own.
+pub const SAVEPOINT_DRAIN: Duration = Duration::from_millis(300);
 
 /// A loopback port that was free a moment ago, for a server started as a process.
 pub fn free_port() -> u16 {
@@ -63,6 +66,24 @@ pub fn report(line: &str) {
     if let Err(error) = appended {
         panic!("cannot write test figures to TEST_REPORT={path}: {error}");
     }
+}
+
+/// The gRPC health status of `service` ("" for the whole server) over `channel`, or
+/// None if the server does not answer within `timeout` (frozen, down).
+pub async fn health_check(
+    channel: Channel,
+    service: &str,
+    timeout: Duration,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: service.to_string(),
+    };
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let response = tokio::time::timeout(timeout, client.check(request))
+        .await
+        .ok()?
+        .ok()?;
+    Some(response.into_inner().status())
 }
 
 /// Awaits `future`, failing the test if it takes longer than [`WAIT`].
@@ -143,6 +164,7 @@ impl TestServer {
         let mut config = ServerConfig {
             data_dir: data_dir.to_path_buf(),
             shutdown_grace: SHUTDOWN_GRACE,
+            savepoint_drain: SAVEPOINT_DRAIN,
             ..ServerConfig::default()
         };
         configure(&mut config);
@@ -164,9 +186,17 @@ impl TestServer {
         }
     }
 
+    /// Tells the server to shut down, as SIGTERM does, without waiting for it; finish
+    /// with [`stop`](Self::stop).
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the server and checks that it drained in time and ended without error.
     pub async fn stop(mut self) {
-        let _ = self.stop.take().expect("running").send(());
+        self.begin_stop();
         let running = self.running.take().expect("running");
         tokio::time::timeout(STOP_WITHIN, running)
             .await
