@@ -24,6 +24,8 @@
 use crate::coordinator::clock::TokioClock;
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoreError};
 use crate::ha::election::LeaseDeadline;
+use crate::http::{HttpListener, HttpServer};
+use crate::metrics::{CurrentTerm, ServerMetrics};
 use crate::proto;
 use crate::proto::savepoint_service_server::SavepointServiceServer;
 use crate::proto::task_gateway_server::TaskGatewayServer;
@@ -198,6 +200,9 @@ pub struct ServerConfig {
     /// High availability: run as one of several replicas with a leader elected through
     /// etcd, which then also holds ID counters, jobs and savepoint operations.
     pub ha: Option<HaConfig>,
+    /// Serve Prometheus metrics and the status page over HTTP on this listener; None
+    /// (the default) serves no HTTP.
+    pub http_listener: Option<HttpListener>,
 }
 
 impl Default for ServerConfig {
@@ -220,6 +225,7 @@ impl Default for ServerConfig {
             tls: None,
             auth: AuthConfig::default(),
             ha: None,
+            http_listener: None,
         }
     }
 }
@@ -388,6 +394,9 @@ pub enum ServerError {
     /// Leader election could not be set up (high availability).
     #[error("high availability: {0}")]
     Ha(String),
+    /// The HTTP listener (metrics, status page) could not be served.
+    #[error("serving HTTP (metrics, status page) failed: {0}")]
+    Http(#[source] std::io::Error),
 }
 
 /// Runs the server on `listener` until `shutdown` resolves, then drains (see the module
@@ -424,10 +433,14 @@ pub async fn run_with_stores(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let authenticator = config.auth.load()?.map(Arc::new);
+    let metrics = ServerMetrics::new(false);
     // Recovered before serving, so that the first call already finds every job.
-    let term = Term::open(&config, stores, 0, None, authenticator.clone()).await?;
+    let term = Term::open(&config, stores, 0, None, authenticator.clone(), &metrics).await?;
     let initial = GateState::Open(term.services.clone());
-    let mut server = Serving::start(&config, listener, authenticator, initial, None).await?;
+    // Before the HTTP port opens, so that nothing reads "starting" once serving.
+    metrics.status().lead(term.current());
+    let mut server =
+        Serving::start_with(&config, listener, authenticator, initial, None, metrics).await?;
     tokio::pin!(shutdown);
     let ended = tokio::select! {
         served = server.stopped() => Some(served),
@@ -478,6 +491,7 @@ impl Term {
         leader_epoch: u64,
         lease: Option<LeaseDeadline>,
         authenticator: Option<Arc<Authenticator>>,
+        metrics: &ServerMetrics,
     ) -> Result<Term, ServerError> {
         let default_savepoint_dir = config.savepoint_dir()?;
         // A default the savepoint store cannot write to would fail every savepoint later.
@@ -501,6 +515,7 @@ impl Term {
                 default_savepoint_dir,
                 id_block_size: config.id_block_size,
                 extra_savepoint_roots: config.extra_savepoint_roots()?,
+                metrics: metrics.sink(),
                 ..CoordinatorConfig::default()
             },
         );
@@ -565,6 +580,14 @@ impl Term {
         })
     }
 
+    /// What the metrics and the status page read while this term serves.
+    fn current(&self) -> CurrentTerm {
+        CurrentTerm {
+            coordinator: self.coordinator.clone(),
+            streams: self.registry.clone(),
+        }
+    }
+
     /// Lets pending savepoints complete within `bound`, triggering nothing new.
     async fn drain_savepoints(&self, bound: Duration) {
         let left = self.coordinator.drain_savepoints(bound).await;
@@ -599,16 +622,33 @@ struct Serving {
     gate: watch::Sender<GateState<TermServices>>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
+    /// This server's metrics and status, which the HTTP port serves.
+    metrics: Arc<ServerMetrics>,
+    http: Option<HttpServer>,
 }
 
 impl Serving {
-    /// Starts serving with the gate in its `initial` state, health SERVING if open.
+    /// Starts serving with the gate in its `initial` state, health SERVING if open, with
+    /// metrics of its own (for a replica, whose terms open later).
     async fn start(
         config: &ServerConfig,
         listener: TcpListener,
         authenticator: Option<Arc<Authenticator>>,
         initial: GateState<TermServices>,
         lease: Option<LeaseDeadline>,
+    ) -> Result<Serving, ServerError> {
+        let metrics = ServerMetrics::new(config.ha.is_some());
+        Serving::start_with(config, listener, authenticator, initial, lease, metrics).await
+    }
+
+    /// Like [`Serving::start`], reporting `metrics` (which a term may already count into).
+    async fn start_with(
+        config: &ServerConfig,
+        listener: TcpListener,
+        authenticator: Option<Arc<Authenticator>>,
+        initial: GateState<TermServices>,
+        lease: Option<LeaseDeadline>,
+        metrics: Arc<ServerMetrics>,
     ) -> Result<Serving, ServerError> {
         let tls = config.tls.as_ref().map(TlsConfig::load).transpose()?;
         warn_about_security(config, &listener, authenticator.as_deref());
@@ -622,6 +662,9 @@ impl Serving {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        if let GateState::Closed { reason, leader } = &initial {
+            metrics.status().stand_by(reason, leader.clone());
+        }
         let (gate, gate_state) = watch::channel(initial);
         let savepoints = Gate::new(
             gate_state.clone(),
@@ -664,6 +707,12 @@ impl Serving {
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             });
+        let http = match &config.http_listener {
+            Some(listener) => {
+                Some(HttpServer::start(listener, metrics.clone()).map_err(ServerError::Http)?)
+            }
+            None => None,
+        };
         tracing::info!(%address, "serving");
         let task = tokio::spawn(async move { serving.await.map_err(ServerError::from) });
         Ok(Serving {
@@ -671,6 +720,8 @@ impl Serving {
             gate,
             stop,
             task,
+            metrics,
+            http,
         })
     }
 
@@ -678,6 +729,7 @@ impl Serving {
     async fn open(&self, term: &Term) {
         self.gate
             .send_replace(GateState::Open(term.services.clone()));
+        self.metrics.status().lead(term.current());
         set_health(&self.health, ServingStatus::Serving).await;
     }
 
@@ -689,6 +741,7 @@ impl Serving {
 
     /// Refuses requests (naming `leader` if known) and reports NOT_SERVING.
     async fn close(&self, reason: &str, leader: Option<String>) {
+        self.metrics.status().stand_by(reason, leader.clone());
         self.gate.send_replace(GateState::Closed {
             reason: reason.to_string(),
             leader,
@@ -698,6 +751,7 @@ impl Serving {
 
     /// Updates the leader a closed gate names.
     fn name_leader(&self, reason: &str, leader: Option<String>) {
+        self.metrics.status().name_leader(reason, leader.clone());
         self.gate.send_if_modified(|state| match state {
             GateState::Closed {
                 leader: current, ..
@@ -729,23 +783,31 @@ impl Serving {
     async fn drain(self, grace: Duration) -> Result<(), ServerError> {
         end_health_watches(self.health).await;
         let _ = self.stop.send(());
-        let mut task = self.task;
-        if task.is_finished() {
-            // Serving already ended by itself, and `stopped` has reported how.
-            return Ok(());
-        }
-        match tokio::time::timeout(grace, &mut task).await {
-            Ok(Ok(Ok(()))) => tracing::info!("stopped"),
-            Ok(Ok(Err(error))) => tracing::warn!("transport error while draining: {error}"),
-            Ok(Err(error)) => tracing::warn!("the server task failed: {error}"),
-            Err(_) => {
-                task.abort();
-                tracing::warn!(
-                    ?grace,
-                    "connections still open after the shutdown grace period; stopped without them"
-                )
+        let http = async {
+            if let Some(http) = self.http {
+                http.stop(grace).await;
             }
-        }
+        };
+        let mut task = self.task;
+        let grpc = async {
+            if task.is_finished() {
+                // Serving already ended by itself, and `stopped` has reported how.
+                return;
+            }
+            match tokio::time::timeout(grace, &mut task).await {
+                Ok(Ok(Ok(()))) => tracing::info!("stopped"),
+                Ok(Ok(Err(error))) => tracing::warn!("transport error while draining: {error}"),
+                Ok(Err(error)) => tracing::warn!("the server task failed: {error}"),
+                Err(_) => {
+                    task.abort();
+                    tracing::warn!(
+                        ?grace,
+                        "connections still open after the shutdown grace period; stopped without them"
+                    )
+                }
+            }
+        };
+        tokio::join!(http, grpc);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The `savepointd` binary: starts on a free port, logs the address, serves, and drains
 //! on SIGTERM with a task manager stream still open; takes its settings from a TOML file,
-//! the environment and flags, in rising precedence, and refuses a bad file by name.
+//! the environment and flags, in rising precedence, and refuses a bad file by name; with
+//! `--http-listen` it also serves metrics over HTTP until it stops.
 
 mod common;
 
@@ -221,4 +222,60 @@ fn a_bad_settings_file_stops_savepointd_at_start_naming_the_key() {
         assert!(stderr.contains(expected), "{text}: {stderr}");
         assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
     }
+}
+
+/// GET `path` over a new connection (HTTP/1.1, closed after the response).
+async fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepointd_serves_metrics_on_the_logged_http_address_until_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_savepointd"));
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(["--http-listen", "127.0.0.1:0"]);
+    let mut daemon = Daemon::spawn_command(command);
+    let serving = daemon.wait_for_log("serving metrics and the status page over HTTP");
+    let address = serving["fields"]["address"]
+        .as_str()
+        .expect("address field")
+        .to_string();
+    assert!(
+        address.starts_with("127.0.0.1:") && !address.ends_with(":0"),
+        "{address}"
+    );
+    let metrics = within("GET /metrics", http_get(&address, "/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "savepoint_coordinator_leader 1"),
+        "{metrics}"
+    );
+
+    daemon.terminate();
+    let status = daemon.exit_status(Duration::from_secs(5)).await;
+    assert!(status.success(), "savepointd exited with {status}");
+    let after = within("GET after the exit", http_get(&address, "/metrics")).await;
+    assert!(
+        after.is_err(),
+        "the HTTP port answered after the exit: {after:?}"
+    );
 }

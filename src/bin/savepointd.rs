@@ -8,6 +8,7 @@
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use savepoint_coordinator::config_file;
+use savepoint_coordinator::http::HttpListener;
 use savepoint_coordinator::server::{self, AuthConfig, HaConfig, ServerConfig, TlsConfig};
 use savepoint_coordinator::store::object::S3Config;
 use std::net::SocketAddr;
@@ -40,6 +41,13 @@ struct Args {
     /// Use port 0 to let the system pick a free port; the bound address is logged.
     #[arg(long, env = "SAVEPOINTD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+
+    /// Serve Prometheus metrics (/metrics) and a status page (/ lists the jobs,
+    /// /jobs/<job_id> shows one) over plain HTTP on this address, e.g. 127.0.0.1:9090;
+    /// port 0 picks a free port (the bound address is logged). Off by default, so that
+    /// many servers can run side by side without competing for a port.
+    #[arg(long, env = "SAVEPOINTD_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
 
     /// Directory of the filesystem store: checkpoint ID counters, job registrations and
     /// checkpoint metadata. Created if missing; keep it across restarts so that jobs,
@@ -254,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
     });
     init_logging(args.log_format);
 
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         data_dir: args.data_dir,
         object_store: args.object_store_url.map(|url| S3Config {
             url,
@@ -307,6 +315,12 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding --listen {}", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, data_dir = %config.data_dir.display(), "savepointd listening");
+    if let Some(http_listen) = args.http_listen {
+        // The server logs the bound address once it serves HTTP.
+        let http = HttpListener::bind(http_listen)
+            .with_context(|| format!("binding --http-listen {http_listen}"))?;
+        config.http_listener = Some(http);
+    }
 
     server::run(config, listener, shutdown_signal(interrupt, terminate))
         .await

@@ -351,7 +351,7 @@ impl JobState {
         );
         pending.options = options;
         self.max_issued_id = self.max_issued_id.max(id);
-        self.stats.triggered += 1;
+        self.stats.record_triggered(kind);
         let pending = self
             .coordinator_mut(kind)
             .pending

@@ -14,6 +14,7 @@ pub mod error;
 pub mod gateway;
 pub mod id_counter;
 pub mod job;
+pub mod metrics;
 pub mod model;
 pub mod pending;
 pub mod restore;
@@ -58,6 +59,8 @@ pub struct CoordinatorConfig {
     /// Directories besides the default and the jobs' own savepoint directories under
     /// which DisposeSavepoint may delete.
     pub extra_savepoint_roots: Vec<String>,
+    /// Where snapshot and acknowledgement counts go (nowhere by default).
+    pub metrics: metrics::MetricsSink,
 }
 
 impl Default for CoordinatorConfig {
@@ -67,6 +70,7 @@ impl Default for CoordinatorConfig {
             id_block_size: 64,
             stats_history: 20,
             extra_savepoint_roots: Vec::new(),
+            metrics: metrics::MetricsSink::default(),
         }
     }
 }
@@ -273,6 +277,13 @@ impl Coordinator {
 
     fn new_job(&self, spec: JobSpec, status: JobStatus, fencing_token: u64) -> Arc<Job> {
         let spec = Arc::new(spec);
+        let mut state = JobState::new(
+            spec.clone(),
+            fencing_token,
+            status,
+            self.inner.config.stats_history,
+        );
+        state.stats.report_to(self.inner.config.metrics.clone());
         Arc::new(Job {
             id: spec.job_id.clone(),
             fencing_token,
@@ -283,12 +294,7 @@ impl Coordinator {
             ),
             trigger_order: tokio::sync::Mutex::new(()),
             admin: tokio::sync::Mutex::new(()),
-            state: Mutex::new(JobState::new(
-                spec.clone(),
-                fencing_token,
-                status,
-                self.inner.config.stats_history,
-            )),
+            state: Mutex::new(state),
             wakeup: Notify::new(),
             savepoint_requests: tokio::sync::Mutex::new(()),
             operation_writes: Arc::new(tokio::sync::Mutex::new(())),
@@ -787,7 +793,7 @@ impl Coordinator {
                 .owned_state
                 .checkpoint_location(&job.id, ack.checkpoint_id)
         };
-        Ok(match decision {
+        let outcome = match decision {
             AckDecision::Recorded => AckOutcome::Recorded,
             AckDecision::Duplicate => AckOutcome::Duplicate,
             AckDecision::UnknownCheckpoint { handles } => {
@@ -815,7 +821,9 @@ impl Coordinator {
                 tokio::spawn(async move { coordinator.complete(job, *completing).await });
                 AckOutcome::Completing
             }
-        })
+        };
+        self.inner.config.metrics.acknowledgement(outcome);
+        Ok(outcome)
     }
 
     /// Stores a fully acknowledged snapshot (no lock held), then records the outcome.

@@ -3,6 +3,7 @@
 //! Kept in compact form (subtasks by index) and resolved to names only when queried, so
 //! recording a completion costs no per-subtask string allocation.
 
+use super::metrics::MetricsSink;
 use super::model::{
     CheckpointId, ClaimMode, FailureReason, JobStatus, SavepointTrigger, SnapshotFailure,
     SnapshotKind, SubtaskRef,
@@ -175,6 +176,8 @@ pub struct StatsTracker {
     failed_by_reason: BTreeMap<FailureReason, u64>,
     periodic_savepoints_skipped: u64,
     last_skip_reason: Option<String>,
+    /// Also told of every triggered and finished snapshot.
+    metrics: MetricsSink,
 }
 
 impl StatsTracker {
@@ -196,11 +199,24 @@ impl StatsTracker {
             failed_by_reason: BTreeMap::new(),
             periodic_savepoints_skipped: 0,
             last_skip_reason: None,
+            metrics: MetricsSink::default(),
         }
+    }
+
+    /// Reports every triggered and finished snapshot to `metrics` from now on.
+    pub fn report_to(&mut self, metrics: MetricsSink) {
+        self.metrics = metrics;
+    }
+
+    /// Counts a started snapshot.
+    pub fn record_triggered(&mut self, kind: SnapshotKind) {
+        self.triggered += 1;
+        self.metrics.snapshot_triggered(kind);
     }
 
     /// Records a finished (completed or failed) snapshot.
     pub fn record_finished(&mut self, stats: SnapshotStats) {
+        self.metrics.snapshot_finished(&stats);
         match stats.status {
             SnapshotStatus::Completed => {
                 self.completed += 1;

@@ -196,6 +196,7 @@ pub(super) async fn run(
                     leader_epoch,
                     Some(lease.clone()),
                     authenticator.clone(),
+                    &server.metrics,
                 );
                 match opening.await {
                     // Leadership may have moved on while recovering.

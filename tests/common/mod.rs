@@ -728,6 +728,21 @@ impl Cluster {
         }
     }
 
+    /// Makes the tasks of one task manager (named `<job>-tm-<i>`) acknowledge
+    /// `checkpoint_id`, which must have been triggered.
+    pub fn acknowledge_from(&self, task_manager: &str, checkpoint_id: u64) {
+        let trigger = self.trigger_of(checkpoint_id);
+        let (_, commands) = self
+            .commands
+            .iter()
+            .find(|(name, _)| name == task_manager)
+            .unwrap_or_else(|| panic!("no task manager {task_manager} in this cluster"));
+        let _ = commands.send(Command::Acknowledge {
+            checkpoint_id,
+            fencing_token: trigger.fencing_token,
+        });
+    }
+
     /// Makes the task that received the first trigger of `checkpoint_id` decline it
     /// with `reason`; returns that task.
     pub fn decline(&self, checkpoint_id: u64, reason: &str) -> SimTask {
