@@ -34,7 +34,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::task_manager::TaskManagerSession;
+use super::task_manager::{TaskManagerSession, acknowledgement};
 use super::{AuthChannel, ClientError, ClientTls, Downward, connect_with};
 use crate::proto;
 use crate::proto::task_manager_message::Message as ToCoordinator;
@@ -154,16 +154,7 @@ impl TaskManager {
         trigger: &proto::TriggerCheckpoint,
         handles: Vec<proto::StateHandle>,
     ) -> Result<(), ClientError> {
-        self.send(ToCoordinator::Acknowledge(proto::AcknowledgeRequest {
-            job_id: trigger.job_id.clone(),
-            checkpoint_id: trigger.checkpoint_id,
-            attempt_id: trigger.attempt_id,
-            handles,
-            sync_duration_ms: 0,
-            async_duration_ms: 0,
-            fencing_token: trigger.fencing_token,
-        }))
-        .await
+        self.send(acknowledgement(trigger, handles)).await
     }
 
     /// Declines `trigger` for its attempt, with `reason` passed on to the caller.

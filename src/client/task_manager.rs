@@ -192,16 +192,7 @@ impl TaskManagerSession {
         trigger: &proto::TriggerCheckpoint,
         handles: Vec<proto::StateHandle>,
     ) -> Result<(), ClientError> {
-        self.send(ToCoordinator::Acknowledge(proto::AcknowledgeRequest {
-            job_id: trigger.job_id.clone(),
-            checkpoint_id: trigger.checkpoint_id,
-            attempt_id: trigger.attempt_id,
-            handles,
-            sync_duration_ms: 0,
-            async_duration_ms: 0,
-            fencing_token: trigger.fencing_token,
-        }))
-        .await
+        self.send(acknowledgement(trigger, handles)).await
     }
 
     /// Declines a snapshot for one attempt, with the cause passed on to the caller.
@@ -221,4 +212,20 @@ impl TaskManagerSession {
         }))
         .await
     }
+}
+
+/// The acknowledgement of `trigger` with the task's state `handles`.
+pub(crate) fn acknowledgement(
+    trigger: &proto::TriggerCheckpoint,
+    handles: Vec<proto::StateHandle>,
+) -> ToCoordinator {
+    ToCoordinator::Acknowledge(proto::AcknowledgeRequest {
+        job_id: trigger.job_id.clone(),
+        checkpoint_id: trigger.checkpoint_id,
+        attempt_id: trigger.attempt_id,
+        handles,
+        sync_duration_ms: 0,
+        async_duration_ms: 0,
+        fencing_token: trigger.fencing_token,
+    })
 }
