@@ -2,7 +2,9 @@
 //! of one of its flags (`data-dir` or `data_dir`), each value what the flag would take.
 //! The file's values become the flags' defaults, so the precedence is: flag, then
 //! environment variable, then file, then the built-in default; and every value passes the
-//! flag's own parser, so a bad one is refused at start, named by file and key.
+//! flag's own parser, so a bad one is refused at start, named by file and key. clap checks
+//! ties between flags (`requires`) only for values given explicitly, so a program whose
+//! flags depend on each other checks those pairs itself after parsing.
 //!
 //! ```toml
 //! listen = "0.0.0.0:50051"
@@ -80,10 +82,13 @@ pub fn apply(command: Command, path: &Path) -> Result<Command, ConfigFileError> 
             .collect();
         // The flag alone, its environment variable ignored, parsed with the file's value
         // as its default: checked by the flag's own parser, as strictly as the flag.
+        // (Its ties to other flags are left out: they are not in the probe.)
         let probe = Command::new("config-file").no_binary_name(true).arg(
             arg.clone()
                 .env(None)
                 .required(false)
+                .requires(clap::builder::Resettable::<clap::Id>::Reset)
+                .conflicts_with(clap::builder::Resettable::<clap::Id>::Reset)
                 .default_values(values.clone()),
         );
         probe
@@ -147,6 +152,7 @@ mod tests {
             .arg(
                 Arg::new("allow-http")
                     .long("allow-http")
+                    .requires("endpoint")
                     .action(ArgAction::SetTrue),
             )
     }

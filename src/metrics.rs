@@ -263,21 +263,13 @@ impl Collector for TermGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (leader, in_flight, task_managers, jobs) = match self.status.current() {
             Serving::Leading(term) => {
-                let mut in_flight = [0i64; 2];
-                let job_ids = term.coordinator.job_ids();
-                for job_id in &job_ids {
-                    // A job unregistered since job_ids was taken has nothing in flight.
-                    let Ok(stats) = term.coordinator.job_stats(job_id.as_str()) else {
-                        continue;
-                    };
-                    for snapshot in &stats.history {
-                        if snapshot.status == SnapshotStatus::InProgress {
-                            in_flight[kind_index(snapshot.kind)] += 1;
-                        }
-                    }
-                }
+                // Counts only: a scrape must not build every job's statistics under the
+                // job locks that acknowledgements take.
+                let pending = term.coordinator.pending_counts();
+                let in_flight = [pending.checkpoints, pending.savepoints]
+                    .map(|count| i64::try_from(count).unwrap_or(i64::MAX));
                 let task_managers = i64::try_from(term.streams.connected()).unwrap_or(i64::MAX);
-                let jobs = i64::try_from(job_ids.len()).unwrap_or(i64::MAX);
+                let jobs = i64::try_from(pending.jobs).unwrap_or(i64::MAX);
                 (1, in_flight, task_managers, jobs)
             }
             Serving::NotServing { .. } => (0, [0; 2], 0, 0),

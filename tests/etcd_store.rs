@@ -244,7 +244,7 @@ async fn one_leader_at_a_time_and_a_deposed_leaders_writes_are_refused() {
     // a's late writes fail and change nothing; b's go through.
     let late = JobStore::save(&store_a, &record("j", JobStatus::Canceled)).await;
     assert!(
-        matches!(&late, Err(StoreError::Unavailable(m)) if m.contains("no longer the leader")),
+        matches!(&late, Err(StoreError::Deposed(m)) if m.contains("no longer the leader")),
         "{late:?}"
     );
     let late = store_a.reserve(&job("j"), 10).await;
@@ -333,6 +333,72 @@ async fn a_prefix_larger_than_one_page_is_read_whole_and_in_order() {
 }
 
 #[tokio::test]
+async fn a_record_write_without_an_answer_keeps_what_it_may_name() {
+    let mut cluster = EtcdCluster::start(1).await;
+    let bucket = Arc::new(
+        BucketStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "mem://bucket/p",
+        )
+        .unwrap(),
+    );
+    let store = EtcdStore::new(cluster.client(), "/unanswered", None);
+    let (checkpoints, savepoints) = store.snapshot_records(bucket.clone(), bucket.clone());
+
+    // etcd does not answer: the outcome of the pointer and history writes is unknown, so
+    // the checkpoint and the savepoint must stay where a late commit would point.
+    cluster.kill(0);
+    let failed = checkpoints
+        .add(&completed("j", 1, SnapshotKind::Checkpoint))
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    let failed = savepoints
+        .write(
+            "mem://bucket/p/savepoints",
+            &completed("j", 2, SnapshotKind::Savepoint),
+            SavepointTrigger::Manual,
+        )
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    let in_bucket = CompletedCheckpointStore::load_all(bucket.as_ref(), &job("j"))
+        .await
+        .unwrap();
+    assert_eq!(in_bucket.len(), 1, "the checkpoint is kept");
+    let path = "mem://bucket/p/savepoints/savepoint-j-2";
+    assert_eq!(
+        SavepointStore::read(bucket.as_ref(), path)
+            .await
+            .unwrap()
+            .checkpoint_id,
+        CheckpointId(2),
+        "the savepoint is kept"
+    );
+
+    // Back up: neither write was committed, so neither counts (the objects are orphans,
+    // which costs storage, never a listed savepoint without its data).
+    cluster.restart(0);
+    cluster.wait_until_serving().await;
+    assert!(
+        CompletedCheckpointStore::load_all(&checkpoints, &job("j"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        SavepointStore::list(&savepoints, &job("j"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn the_client_keeps_working_while_a_minority_of_members_is_down() {
     let mut cluster = EtcdCluster::start(3).await;
     let client: EtcdClient = cluster.client();
@@ -359,7 +425,7 @@ async fn the_client_keeps_working_while_a_minority_of_members_is_down() {
 
 /// Whether `result` is the refusal of a write by a leader that was deposed.
 fn refused_as_deposed<T>(result: &Result<T, StoreError>) -> bool {
-    matches!(result, Err(StoreError::Unavailable(m)) if m.contains("no longer the leader"))
+    matches!(result, Err(StoreError::Deposed(m)) if m.contains("no longer the leader"))
 }
 
 fn completed(job_id: &str, id: u64, kind: SnapshotKind) -> CompletedSnapshot {

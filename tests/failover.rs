@@ -43,7 +43,7 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a health check may take: short, so that a frozen replica delays a sweep
 /// (and the failover figure) only a little.
-const HEALTH_TIMEOUT: Duration = Duration::from_millis(250);
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 
 struct Replica {
     address: String,
@@ -586,6 +586,12 @@ async fn the_leader_is_killed_again_and_again_and_nothing_is_lost() {
         .await
         .unwrap()
         .expect("simulated task managers");
+    assert_eq!(
+        in_flight_outcomes.0 + in_flight_outcomes.1,
+        rounds,
+        "every round killed a leader with a savepoint in flight"
+    );
+
     // Periodic checkpoints and savepoints alike: every id a later leader triggered is
     // above every id an earlier leader did.
     let mut highest_earlier: Option<(u64, u64)> = None; // (epoch, highest id)

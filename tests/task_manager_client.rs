@@ -154,20 +154,25 @@ async fn the_client_streams_events_acknowledges_and_reconnects_after_a_restart()
         .expect("caller")
         .expect("completes");
 
-    // A state change is reported now and remembered for the next Hello.
-    task_manager
+    // A state change while the server is away is remembered for the next Hello.
+    server.stop().await;
+    match next_event(&mut events).await {
+        TaskManagerEvent::Disconnected { .. } => {}
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    let unsent = task_manager
         .set_task_state("library", 1, proto::TaskState::Finished)
+        .await;
+    assert!(unsent.is_err(), "no stream to send it on");
+    let server = TestServer::start_on_port(dir.path(), port).await;
+    match next_event(&mut events).await {
+        TaskManagerEvent::Connected { accepted_tasks, .. } => assert_eq!(accepted_tasks, 1),
+        other => panic!("expected Connected again, got {other:?}"),
+    }
+    let mut client = server.savepoints().await;
+    let refused = common::trigger_savepoint(&mut client, "library")
         .await
-        .expect("state sent");
-    let refused = common::eventually("the job to see the task finished", || {
-        let mut client = client.clone();
-        async move {
-            common::trigger_savepoint(&mut client, "library")
-                .await
-                .err()
-        }
-    })
-    .await;
+        .expect_err("the task said Hello as FINISHED");
     assert_eq!(
         refused.code(),
         tonic::Code::FailedPrecondition,

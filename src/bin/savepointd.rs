@@ -250,7 +250,65 @@ fn parse_args() -> anyhow::Result<Args> {
         command = config_file::apply(command, &path)?;
     }
     let matches = command.get_matches();
-    Ok(Args::from_arg_matches(&matches)?)
+    let args = Args::from_arg_matches(&matches)?;
+    check_dependent_settings(&args)?;
+    Ok(args)
+}
+
+/// The settings that only mean something with another one. clap enforces these ties for
+/// flags and environment variables but not for the settings file's values (they are
+/// defaults to clap), so they are checked again on the merged settings.
+fn check_dependent_settings(args: &Args) -> anyhow::Result<()> {
+    let ties = [
+        (
+            args.tls_cert.is_some(),
+            "tls-cert",
+            args.tls_key.is_some(),
+            "tls-key",
+        ),
+        (
+            args.tls_key.is_some(),
+            "tls-key",
+            args.tls_cert.is_some(),
+            "tls-cert",
+        ),
+        (
+            args.tls_client_ca.is_some(),
+            "tls-client-ca",
+            args.tls_cert.is_some(),
+            "tls-cert",
+        ),
+        (
+            args.cert_roles.is_some(),
+            "cert-roles",
+            args.tls_client_ca.is_some(),
+            "tls-client-ca",
+        ),
+        (
+            args.s3_endpoint.is_some(),
+            "s3-endpoint",
+            args.object_store_url.is_some(),
+            "object-store-url",
+        ),
+        (
+            args.s3_region.is_some(),
+            "s3-region",
+            args.object_store_url.is_some(),
+            "object-store-url",
+        ),
+        (
+            args.s3_allow_http,
+            "s3-allow-http",
+            args.object_store_url.is_some(),
+            "object-store-url",
+        ),
+    ];
+    for (set, setting, needed, needs) in ties {
+        if set && !needed {
+            anyhow::bail!("the setting {setting} needs {needs}, which is not set");
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]

@@ -265,9 +265,9 @@ impl Connection {
         loop {
             let server = self.config.servers[next_server % self.config.servers.len()].clone();
             next_server += 1;
-            let session = match self.connect(&server).await {
-                Ok(session) if session.leader_epoch() >= highest_epoch => session,
-                Ok(stale) => {
+            let (session, hello) = match self.connect(&server).await {
+                Ok((session, hello)) if session.leader_epoch() >= highest_epoch => (session, hello),
+                Ok((stale, _)) => {
                     tracing::warn!(
                         server,
                         epoch = stale.leader_epoch(),
@@ -287,7 +287,7 @@ impl Connection {
             // The same server first next time: it may just restart.
             next_server -= 1;
             highest_epoch = session.leader_epoch();
-            let reason = match self.serve(&server, session).await {
+            let reason = match self.serve(&server, session, hello).await {
                 Some(reason) => reason,
                 // The caller dropped the event stream: nobody listens any more.
                 None => return,
@@ -301,7 +301,11 @@ impl Connection {
         }
     }
 
-    async fn connect(&self, server: &str) -> Result<TaskManagerSession, ClientError> {
+    /// A session that said Hello, and the tasks it said Hello with.
+    async fn connect(
+        &self,
+        server: &str,
+    ) -> Result<(TaskManagerSession, Vec<proto::TaskInfo>), ClientError> {
         let connecting = async {
             let channel: AuthChannel = connect_with(
                 server,
@@ -310,16 +314,50 @@ impl Connection {
             )
             .await?;
             let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            TaskManagerSession::connect(channel, &self.config.task_manager_id, tasks).await
+            let session =
+                TaskManagerSession::connect(channel, &self.config.task_manager_id, tasks.clone())
+                    .await?;
+            Ok((session, tasks))
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .unwrap_or(Err(ClientError::Closed))
     }
 
+    /// What changed in the task list between the Hello (`hello`) and now, when sends
+    /// still failed for want of a stream: sent now, so no state change is lost.
+    async fn catch_up(&self, session: &TaskManagerSession, hello: &[proto::TaskInfo]) {
+        let now = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut added = Vec::new();
+        for task in now {
+            match hello
+                .iter()
+                .find(|t| t.job_id == task.job_id && t.attempt_id == task.attempt_id)
+            {
+                Some(said) if said.state == task.state => {}
+                Some(_) => {
+                    let state = task.state();
+                    let _ = session
+                        .set_task_state(&task.job_id, task.attempt_id, state)
+                        .await;
+                }
+                None => added.push(task),
+            }
+        }
+        if !added.is_empty() {
+            let _ = session.register_tasks(added).await;
+        }
+    }
+
     /// Forwards the session's messages until it ends (Some(why)) or the caller is gone.
-    async fn serve(&self, server: &str, mut session: TaskManagerSession) -> Option<String> {
+    async fn serve(
+        &self,
+        server: &str,
+        mut session: TaskManagerSession,
+        hello: Vec<proto::TaskInfo>,
+    ) -> Option<String> {
         self.current.send_replace(Some(session.sender()));
+        self.catch_up(&session, &hello).await;
         let connected = TaskManagerEvent::Connected {
             server: server.to_string(),
             leader_epoch: session.leader_epoch(),

@@ -212,6 +212,14 @@ struct Inner {
     draining: AtomicBool,
 }
 
+/// See [`Coordinator::pending_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCounts {
+    pub jobs: usize,
+    pub checkpoints: usize,
+    pub savepoints: usize,
+}
+
 /// How often a draining coordinator looks whether its pending savepoints are done.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -525,6 +533,22 @@ impl Coordinator {
             let next_look = tokio::time::Instant::now() + DRAIN_POLL;
             tokio::time::sleep_until(deadline.min(next_look)).await;
         }
+    }
+
+    /// How many jobs there are and how many snapshots they have pending: a few counter
+    /// reads under each job's lock, for metrics scrapes.
+    pub fn pending_counts(&self) -> PendingCounts {
+        let jobs = self.all_jobs();
+        let mut counts = PendingCounts {
+            jobs: jobs.len(),
+            ..PendingCounts::default()
+        };
+        for job in &jobs {
+            let state = job.lock();
+            counts.checkpoints += state.checkpoints.pending.len();
+            counts.savepoints += state.savepoints.pending.len();
+        }
+        counts
     }
 
     fn all_jobs(&self) -> Vec<Arc<Job>> {

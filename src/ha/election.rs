@@ -72,6 +72,8 @@ pub struct LeaseDeadline {
     base: Instant,
     /// Microseconds after `base`; 0 while not leading.
     until_micros: Arc<AtomicU64>,
+    /// The leadership (fencing revision) the deadline belongs to.
+    revision: Arc<AtomicU64>,
 }
 
 impl Default for LeaseDeadline {
@@ -79,18 +81,30 @@ impl Default for LeaseDeadline {
         LeaseDeadline {
             base: Instant::now(),
             until_micros: Arc::new(AtomicU64::new(0)),
+            revision: Arc::new(AtomicU64::new(0)),
         }
     }
 }
 
 impl LeaseDeadline {
-    /// Whether the lease surely still lives now.
+    /// Whether some leadership's lease surely still lives now.
     pub fn is_valid(&self) -> bool {
         let until = self.until_micros.load(Ordering::Acquire);
         until != 0 && (self.base.elapsed().as_micros() as u64) < until
     }
 
-    pub(crate) fn extend_to(&self, until: Instant) {
+    /// Whether the lease of leadership `revision` surely still lives now: after a quick
+    /// step-down and re-election, a term of the old leadership does not count as valid
+    /// again.
+    pub fn is_valid_for(&self, revision: u64) -> bool {
+        self.is_valid() && self.revision.load(Ordering::Acquire) == revision
+    }
+
+    /// Valid until `until`, for leadership `revision`.
+    pub(crate) fn extend_to(&self, until: Instant, revision: u64) {
+        // Expired (0) or the same leadership while the revision changes, never the old
+        // leadership with a new deadline.
+        self.revision.store(revision, Ordering::Release);
         let micros = until.saturating_duration_since(self.base).as_micros() as u64;
         self.until_micros.store(micros.max(1), Ordering::Release);
     }
@@ -121,6 +135,8 @@ pub fn campaign(
             () = candidate.run() => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
+        // Nothing goes out any more, before the lease is given up.
+        candidate.deadline.expire();
         let role = candidate.role.borrow().clone();
         if let Role::Leader { lease, .. } = role
             && let Err(error) = candidate.client.revoke_lease(lease).await
@@ -131,6 +147,11 @@ pub fn campaign(
         candidate.role.send_replace(Role::Follower { leader: None });
     });
     (role_rx, task)
+}
+
+/// A leadership's revision as the leader epoch task managers see.
+pub fn revision_epoch(revision: i64) -> u64 {
+    u64::try_from(revision).unwrap_or_default()
 }
 
 struct Candidate {
@@ -146,7 +167,8 @@ impl Candidate {
             match self.try_to_lead().await {
                 Ok(Some((lease, revision, valid_until))) => {
                     tracing::info!(revision, lease, "elected leader");
-                    self.deadline.extend_to(valid_until);
+                    self.deadline
+                        .extend_to(valid_until, revision_epoch(revision));
                     self.role.send_replace(Role::Leader { lease, revision });
                     self.lead(lease, revision, valid_until).await;
                     self.deadline.expire();
@@ -237,7 +259,8 @@ impl Candidate {
             match refreshed {
                 Ok(Ok((ttl, Some(holder)))) if holder.create_revision == revision => {
                     valid_until = sent + ttl.min(self.config.lease_ttl);
-                    self.deadline.extend_to(valid_until);
+                    self.deadline
+                        .extend_to(valid_until, revision_epoch(revision));
                 }
                 Ok(Ok(_)) => {
                     tracing::warn!(

@@ -207,14 +207,29 @@ impl EtcdClient {
             ..RangeRequest::default()
         };
         let mut kvs = Vec::new();
+        let mut restarts = 0;
         loop {
-            let page = self
+            let answer = self
                 .on_any_member(|mut m| {
                     let request = request.clone();
                     async move { m.kv.range(request).await }
                 })
-                .await?
-                .into_inner();
+                .await;
+            let page = match answer {
+                Ok(page) => page.into_inner(),
+                // The pinned revision was compacted away between pages: read again from
+                // the start, at a new revision.
+                Err(EtcdError::Refused(message))
+                    if message.contains("compacted") && restarts < 3 =>
+                {
+                    restarts += 1;
+                    kvs.clear();
+                    request.key = prefix.as_bytes().to_vec();
+                    request.revision = 0;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if request.revision == 0 {
                 request.revision = page.header.map(|h| h.revision).unwrap_or_default();
             }
@@ -291,9 +306,14 @@ impl EtcdClient {
 /// Whether another member might answer where this one did not.
 fn is_member_fault(status: &tonic::Status) -> bool {
     use tonic::Code;
+    // RESOURCE_EXHAUSTED: etcd's "too many requests", which passes.
     matches!(
         status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::ResourceExhausted
     ) && !status.message().contains("requested lease not found")
 }
 

@@ -189,7 +189,7 @@ pub(super) async fn run(
                         .clone()
                         .with_metadata(MetadataStores::all_in(Arc::new(etcd)))
                 };
-                let leader_epoch = u64::try_from(*revision).unwrap_or_default();
+                let leader_epoch = election::revision_epoch(*revision);
                 let opening = Term::open(
                     &config,
                     stores,

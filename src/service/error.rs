@@ -53,7 +53,9 @@ fn store_error_code(error: &StoreError) -> Code {
         StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
             Code::ResourceExhausted
         }
-        StoreError::Io { .. } | StoreError::Unavailable(_) => Code::Unavailable,
+        StoreError::Io { .. } | StoreError::Unavailable(_) | StoreError::Deposed(_) => {
+            Code::Unavailable
+        }
         StoreError::Corrupted { .. } => Code::DataLoss,
         StoreError::Encode { .. } | StoreError::Refused(_) => Code::Internal,
     }

@@ -167,7 +167,10 @@ mod tests {
             Some("14".into()),
             "never leading yet"
         );
-        lease.extend_to(tokio::time::Instant::now() + std::time::Duration::from_secs(60));
+        lease.extend_to(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+            1,
+        );
         assert_eq!(answer(&mut gate).await, None, "the lease lives: admitted");
         lease.expire();
         assert_eq!(answer(&mut gate).await, Some("14".into()), "UNAVAILABLE");

@@ -59,7 +59,11 @@ impl StreamRegistry {
 
     /// Whether a message may go out now (see `lease`); counts and logs one that may not.
     fn may_send(&self, tm: &TaskManagerId) -> bool {
-        if self.lease.as_ref().is_none_or(LeaseDeadline::is_valid) {
+        if self
+            .lease
+            .as_ref()
+            .is_none_or(|lease| lease.is_valid_for(self.leader_epoch))
+        {
             return true;
         }
         self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +211,10 @@ mod tests {
     #[test]
     fn nothing_goes_out_once_the_leadership_lease_may_have_expired() {
         let lease = LeaseDeadline::default();
-        lease.extend_to(tokio::time::Instant::now() + std::time::Duration::from_secs(60));
+        lease.extend_to(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+            7,
+        );
         let registry = StreamRegistry::for_leadership(7, Some(lease.clone()));
         let tm = TaskManagerId::new("tm-1");
         let (sender, mut receiver) = mpsc::channel(8);
@@ -220,7 +227,17 @@ mod tests {
             receiver.try_recv().is_err(),
             "no message after the lease lapsed"
         );
-        assert_eq!(registry.dropped_messages(), 1);
+        // Leading again, in a new leadership: the old term's registry stays silent.
+        lease.extend_to(
+            tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+            9,
+        );
+        assert!(!registry.send(&tm, notify()));
+        assert!(
+            receiver.try_recv().is_err(),
+            "no message of an older leadership"
+        );
+        assert_eq!(registry.dropped_messages(), 2);
     }
 
     #[test]

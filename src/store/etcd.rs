@@ -139,7 +139,7 @@ impl EtcdStore {
                     _ => None,
                 });
             if holder != Some(fence.revision) {
-                return Err(StoreError::Unavailable(format!(
+                return Err(StoreError::Deposed(format!(
                     "this server is no longer the leader (leadership {} lost), so it may \
                      not write; the write was refused",
                     fence.revision
@@ -150,15 +150,26 @@ impl EtcdStore {
     }
 
     /// After a write of `value` at `key` failed with `error`: whether it was applied after
-    /// all. A call that timed out on every member may still have been committed, so the
-    /// key is read back before anything is cleaned up as if the write had failed.
+    /// all. A refusal (a deposed leader, a request etcd rejects) is definite. A call that
+    /// got no answer may have been committed, or may still be: the key is read back, and
+    /// unless it holds the value the outcome stays unknown, so that nothing the record
+    /// may yet name is cleaned up.
     async fn settle(&self, key: &str, value: &[u8], error: StoreError) -> Settled {
+        if !matches!(error, StoreError::Unavailable(_)) {
+            return Settled::NotApplied(error);
+        }
         match self.client.get(key).await {
             Ok(Some(kv)) if kv.value == value => {
                 tracing::info!(key, "a write answered with an error was applied: {error}");
                 Settled::Applied
             }
-            Ok(_) => Settled::NotApplied(error),
+            Ok(_) => {
+                tracing::warn!(
+                    key,
+                    "a write got no answer and is not visible (yet): {error}"
+                );
+                Settled::Unknown(error)
+            }
             Err(read) => {
                 tracing::warn!(key, "whether a failed write was applied is unknown: {read}");
                 Settled::Unknown(error)
@@ -423,9 +434,9 @@ impl CompletedCheckpointStore for EtcdCheckpointPointers {
         for (id, key) in wanted {
             match stored.iter().find(|s| s.checkpoint_id == id) {
                 Some(snapshot) => retained.push(snapshot.clone()),
-                // A pointer whose write was answered with an error but applied after its
-                // object was removed again: it names nothing, so the older retained
-                // checkpoints are what remains (the job is not failed over it).
+                // Metadata lost from the bucket (deleted by hand, a lost object): the
+                // pointer names nothing, so the older retained checkpoints are what
+                // remains (the job is not failed over it).
                 None => tracing::warn!(
                     job = %job,
                     checkpoint_id = id.0,

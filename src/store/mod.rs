@@ -43,6 +43,10 @@ pub enum StoreError {
     /// The backend cannot be reached or refused the operation (used by injected faults too).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// This server lost the leadership its writes are fenced on; nothing was written. The
+    /// caller should go to the current leader.
+    #[error("{0}")]
+    Deposed(String),
     /// The backend answered, but refused the operation in a way that retrying will not
     /// change (a request etcd considers too large, a misconfigured cluster...).
     #[error("the store refused the operation: {0}")]
