@@ -80,6 +80,22 @@ struct Args {
     /// Registered jobs with periodic checkpoints (default 1000, quick 100).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Run only these parts (repeatable; default all), e.g. to profile one of them.
+    #[arg(long, value_enum)]
+    only: Vec<Part>,
+}
+
+/// The parts of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Savepoints of 2, 4, 8, 16 and 1 000 tasks, and the raw fsync reference.
+    Savepoints,
+    /// Streamed acknowledgements against a bare tonic stream.
+    Throughput,
+    /// Checkpoints of one job of 100 000 subtasks.
+    Large,
+    /// Many jobs with periodic checkpoints, and the smallest interval.
+    Periodic,
 }
 
 /// Sizes of one run.
@@ -708,79 +724,108 @@ impl TaskGateway for BareGateway {
     }
 }
 
-/// Acknowledgements per second a bare tonic server receives from `task_managers` streams
-/// that send the acks the simulator sends for a job of `tasks` tasks; one figure per round.
-async fn measure_bare_stream(
+/// A bare tonic server and `task_managers` streams to it that send the acks the
+/// simulator sends for a job of `tasks` tasks, one round at a time.
+struct BareStream {
+    gateway: BareGateway,
     tasks: u32,
-    task_managers: u32,
-    rounds: usize,
-) -> anyhow::Result<Vec<f64>> {
-    let gateway = BareGateway::default();
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        accepted.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(TaskGatewayServer::new(gateway.clone()))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }),
-    );
-    let job_id = "throughput".to_string();
-    let vertices = vertices(tasks, task_managers);
-    let plans = spread_subtasks(&vertices, &[], task_managers);
-    let channel = client::connect(&url).await?;
-    let (start, started) = watch::channel(0u64);
-    let mut senders = JoinSet::new();
-    for plan in plans {
-        let task_infos = plan
-            .tasks
-            .iter()
-            .map(|task| proto::TaskInfo {
-                job_id: job_id.clone(),
-                subtask: Some(proto::SubtaskRef {
-                    vertex_id: task.vertex_id.clone(),
-                    subtask_index: task.subtask_index,
-                }),
-                attempt_id: task.attempt_id,
-                state: proto::TaskState::Running.into(),
+    start: watch::Sender<u64>,
+    rounds: u64,
+    senders: JoinSet<anyhow::Result<()>>,
+    stop: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl BareStream {
+    async fn start(tasks: u32, task_managers: u32) -> anyhow::Result<BareStream> {
+        let gateway = BareGateway::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+            accepted.and_then(|stream| {
+                stream.set_nodelay(true)?;
+                Ok(stream)
             })
-            .collect();
-        let session =
-            TaskManagerSession::connect(channel.clone(), &plan.task_manager_id, task_infos).await?;
-        senders.spawn(send_acks_on_start(
-            session,
-            job_id.clone(),
-            plan.tasks,
-            started.clone(),
-        ));
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(TaskGatewayServer::new(gateway.clone()))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                }),
+        );
+        let job_id = "throughput".to_string();
+        let plans = spread_subtasks(&vertices(tasks, task_managers), &[], task_managers);
+        let channel = client::connect(&url).await?;
+        let (start, started) = watch::channel(0u64);
+        let mut senders = JoinSet::new();
+        for plan in plans {
+            let task_infos = plan
+                .tasks
+                .iter()
+                .map(|task| proto::TaskInfo {
+                    job_id: job_id.clone(),
+                    subtask: Some(proto::SubtaskRef {
+                        vertex_id: task.vertex_id.clone(),
+                        subtask_index: task.subtask_index,
+                    }),
+                    attempt_id: task.attempt_id,
+                    state: proto::TaskState::Running.into(),
+                })
+                .collect();
+            let session =
+                TaskManagerSession::connect(channel.clone(), &plan.task_manager_id, task_infos)
+                    .await?;
+            senders.spawn(send_acks_on_start(
+                session,
+                job_id.clone(),
+                plan.tasks,
+                started.clone(),
+            ));
+        }
+        Ok(BareStream {
+            gateway,
+            tasks,
+            start,
+            rounds: 0,
+            senders,
+            stop,
+            serving,
+        })
     }
-    let mut throughput = Vec::with_capacity(rounds);
-    for round in 1..=rounds as u64 {
-        let expected = round * u64::from(tasks);
+
+    /// Sends one ack per task; returns the acks per second the server received.
+    async fn round(&mut self) -> anyhow::Result<f64> {
+        self.rounds += 1;
+        let expected = self.rounds * u64::from(self.tasks);
         let began = Instant::now();
-        start.send_replace(round);
-        while gateway.received.load(Ordering::Relaxed) < expected {
-            tokio::time::timeout(Duration::from_secs(60), gateway.changed.notified())
+        self.start.send_replace(self.rounds);
+        while self.gateway.received.load(Ordering::Relaxed) < expected {
+            tokio::time::timeout(Duration::from_secs(60), self.gateway.changed.notified())
                 .await
                 .context("the bare server stopped receiving acknowledgements")?;
         }
-        throughput.push(u64::from(tasks) as f64 / began.elapsed().as_secs_f64());
+        Ok(f64::from(self.tasks) / began.elapsed().as_secs_f64())
     }
-    drop(start);
-    while let Some(sent) = senders.join_next().await {
-        sent??;
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let BareStream {
+            start,
+            mut senders,
+            stop,
+            serving,
+            ..
+        } = self;
+        drop(start);
+        while let Some(sent) = senders.join_next().await {
+            sent??;
+        }
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+        Ok(())
     }
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
-    Ok(throughput)
 }
 
 /// Sends one acknowledgement per task, exactly as the simulator builds and sends them,
@@ -810,6 +855,7 @@ async fn send_acks_on_start(
 }
 
 /// Figures of checkpoints of a large job through the real server.
+#[derive(Default)]
 struct LargeJobFigures {
     /// Acknowledgements per second from the trigger to the last ack processed.
     acks_per_second: Vec<f64>,
@@ -817,8 +863,44 @@ struct LargeJobFigures {
     completed: usize,
 }
 
-/// Triggers `rounds` checkpoints (TriggerCheckpoint, which returns once durable) of a
-/// job of `tasks` tasks on `task_managers` simulated task managers.
+impl SimulatedJob {
+    /// Triggers one checkpoint (TriggerCheckpoint, which returns once it is durable)
+    /// and checks that every task acknowledged it.
+    async fn checkpoint(
+        &self,
+        server: &BenchServer,
+        client: &mut SavepointServiceClient<Channel>,
+        figures: &mut LargeJobFigures,
+    ) -> anyhow::Result<()> {
+        let job_id = &self.job_id;
+        let acks_before = self.progress.counts().acks;
+        let triggered = Instant::now();
+        let response = client
+            .trigger_checkpoint(proto::TriggerCheckpointRequest {
+                job_id: job_id.clone(),
+            })
+            .await
+            .with_context(|| format!("checkpoint of {job_id} ({} tasks)", self.tasks))?
+            .into_inner();
+        figures.to_durable.push(triggered.elapsed());
+        let acks = self.progress.counts().acks - acks_before;
+        ensure!(
+            acks == u64::from(self.tasks),
+            "checkpoint {} of {job_id} completed after {acks} acknowledgements, expected {}",
+            response.checkpoint_id,
+            self.tasks
+        );
+        let (last_ack, _) = server.timings.of(job_id, response.checkpoint_id)?;
+        figures
+            .acks_per_second
+            .push(f64::from(self.tasks) / (last_ack - triggered).as_secs_f64());
+        figures.completed += 1;
+        Ok(())
+    }
+}
+
+/// Triggers `rounds` checkpoints of a job of `tasks` tasks on `task_managers` simulated
+/// task managers.
 async fn measure_large_job(
     server: &BenchServer,
     job_id: &str,
@@ -834,37 +916,40 @@ async fn measure_large_job(
     )
     .await?;
     let mut client = server.client().await?;
-    let mut figures = LargeJobFigures {
-        acks_per_second: Vec::new(),
-        to_durable: Samples::default(),
-        completed: 0,
-    };
+    let mut figures = LargeJobFigures::default();
     for _ in 0..rounds {
-        let acks_before = job.progress.counts().acks;
-        let triggered = Instant::now();
-        let response = client
-            .trigger_checkpoint(proto::TriggerCheckpointRequest {
-                job_id: job_id.to_string(),
-            })
-            .await
-            .with_context(|| format!("checkpoint of {job_id} ({tasks} tasks)"))?
-            .into_inner();
-        figures.to_durable.push(triggered.elapsed());
-        let acks = job.progress.counts().acks - acks_before;
-        ensure!(
-            acks == u64::from(job.tasks),
-            "checkpoint {} of {job_id} completed after {acks} acknowledgements, expected {}",
-            response.checkpoint_id,
-            job.tasks
-        );
-        let (last_ack, _) = server.timings.of(job_id, response.checkpoint_id)?;
-        figures
-            .acks_per_second
-            .push(f64::from(tasks) / (last_ack - triggered).as_secs_f64());
-        figures.completed += 1;
+        job.checkpoint(server, &mut client, &mut figures).await?;
     }
     job.stop().await?;
     Ok(figures)
+}
+
+/// Streamed acks through the server against the bare stream, rounds alternating so
+/// that both see the same load; returns (bare acks/s, the server's figures).
+async fn measure_throughput(
+    server: &BenchServer,
+    tasks: u32,
+    task_managers: u32,
+    rounds: usize,
+) -> anyhow::Result<(Vec<f64>, LargeJobFigures)> {
+    let mut bare = BareStream::start(tasks, task_managers).await?;
+    let job = SimulatedJob::start(
+        server,
+        "throughput",
+        vertices(tasks, task_managers),
+        task_managers,
+    )
+    .await?;
+    let mut client = server.client().await?;
+    let mut bare_figures = Vec::with_capacity(rounds);
+    let mut figures = LargeJobFigures::default();
+    for _ in 0..rounds {
+        bare_figures.push(bare.round().await?);
+        job.checkpoint(server, &mut client, &mut figures).await?;
+    }
+    bare.stop().await?;
+    job.stop().await?;
+    Ok((bare_figures, figures))
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -1030,6 +1115,7 @@ async fn run(args: &Args) -> anyhow::Result<Table> {
         if args.quick { " --quick" } else { "" },
         machine()
     );
+    let runs = |part: Part| args.only.is_empty() || args.only.contains(&part);
     let server = BenchServer::start().await?;
     let mut table = Table::default();
 
@@ -1040,6 +1126,9 @@ async fn run(args: &Args) -> anyhow::Result<Table> {
         .map(|&n| (n, plan.savepoints))
         .collect();
     counts.push((plan.large_tasks, plan.large_savepoints));
+    if !runs(Part::Savepoints) {
+        counts.clear();
+    }
     for (tasks, iterations) in counts {
         let figures = measure_savepoints(&server, tasks, iterations).await?;
         eprintln!(
@@ -1054,107 +1143,110 @@ async fn run(args: &Args) -> anyhow::Result<Table> {
     }
 
     // Streamed acks against bare tonic, same messages, same number of streams.
-    let task_managers = 4;
-    let bare = measure_bare_stream(
-        plan.throughput_subtasks,
-        task_managers,
-        plan.throughput_rounds,
-    )
-    .await?;
-    let streamed = measure_large_job(
-        &server,
-        "throughput",
-        plan.throughput_subtasks,
-        task_managers,
-        plan.throughput_rounds,
-    )
-    .await?;
-    let (bare, ours) = (median(&bare), median(&streamed.acks_per_second));
-    eprintln!("acks/s: bare tonic {bare:.0}, ours {ours:.0}");
-    table.add(
-        format!(
-            "bare tonic stream: acks/s ({} acks, {task_managers} streams, median of {})",
-            plan.throughput_subtasks, plan.throughput_rounds
-        ),
-        format!("{bare:.0}"),
-    );
-    table.add(
-        "streamed acks through the server: acks/s (trigger -> last ack processed)",
-        format!("{ours:.0}"),
-    );
-    table.check(
-        "streamed acks / bare tonic",
-        format!("{:.0} %", ours / bare * 100.0),
-        ">= 75 %",
-        ours >= 0.75 * bare,
-    );
+    let mut streamed = None;
+    if runs(Part::Throughput) {
+        let task_managers = 4;
+        let (bare, figures) = measure_throughput(
+            &server,
+            plan.throughput_subtasks,
+            task_managers,
+            plan.throughput_rounds,
+        )
+        .await?;
+        let ratios: Vec<f64> = bare
+            .iter()
+            .zip(&figures.acks_per_second)
+            .map(|(bare, ours)| ours / bare)
+            .collect();
+        let ratio = median(&ratios);
+        let (bare, ours) = (median(&bare), median(&figures.acks_per_second));
+        eprintln!("acks/s: bare tonic {bare:.0}, ours {ours:.0}, ratio {ratio:.2}");
+        table.add(
+            format!(
+                "bare tonic stream: acks/s ({} acks, {task_managers} streams, median of {})",
+                plan.throughput_subtasks, plan.throughput_rounds
+            ),
+            format!("{bare:.0}"),
+        );
+        table.add(
+            "streamed acks through the server: acks/s (trigger -> last ack processed)",
+            format!("{ours:.0}"),
+        );
+        table.check(
+            "streamed acks / bare tonic (median of the rounds' ratios, rounds alternating)",
+            format!("{:.0} %", ratio * 100.0),
+            ">= 75 %",
+            ratio >= 0.75,
+        );
+        streamed = Some(figures);
+    }
 
     // One job of 100 000 subtasks.
-    let huge = if plan.huge_subtasks == plan.throughput_subtasks {
-        streamed
-    } else {
-        measure_large_job(&server, "huge", plan.huge_subtasks, 16, plan.huge_rounds).await?
-    };
-    table.check(
-        format!(
-            "job of {} subtasks: checkpoints completed (trigger -> durable p50 {})",
-            plan.huge_subtasks,
-            ms(huge.to_durable.p50())
-        ),
-        format!(
-            "{}/{}",
-            huge.completed,
-            plan.huge_rounds.max(huge.completed)
-        ),
-        "all complete",
-        huge.completed > 0,
-    );
+    if runs(Part::Large) {
+        let large = match streamed {
+            Some(figures) if plan.huge_subtasks == plan.throughput_subtasks => figures,
+            _ => {
+                measure_large_job(&server, "huge", plan.huge_subtasks, 16, plan.huge_rounds).await?
+            }
+        };
+        table.check(
+            format!(
+                "job of {} subtasks: checkpoints completed (trigger -> durable p50 {})",
+                plan.huge_subtasks,
+                ms(large.to_durable.p50())
+            ),
+            format!("{}/{}", large.completed, large.to_durable.0.len()),
+            "all complete",
+            large.completed > 0,
+        );
+    }
 
-    // Many jobs with periodic checkpoints every second.
-    let periodic = measure_periodic(
-        &server,
-        "periodic",
-        plan.jobs,
-        Duration::from_secs(1),
-        plan.jobs_run,
-    )
-    .await?;
-    ensure!(
-        periodic.completed_min > 0,
-        "a job of the {} with periodic checkpoints completed none in {:?}",
-        periodic.jobs,
-        periodic.run
-    );
-    let expected_each = (periodic.run.as_secs_f64() - 1.5).floor().max(1.0) as u64;
-    table.check(
-        format!(
-            "{} jobs, checkpoints every 1 s for {:.1} s: fewest completed by a job \
-             (total {}, failed {}, p50 {} ms)",
+    // Many jobs with periodic checkpoints every second, then the smallest interval.
+    let mut fastest = None;
+    if runs(Part::Periodic) {
+        let periodic = measure_periodic(
+            &server,
+            "periodic",
+            plan.jobs,
+            Duration::from_secs(1),
+            plan.jobs_run,
+        )
+        .await?;
+        ensure!(
+            periodic.completed_min > 0,
+            "a job of the {} with periodic checkpoints completed none in {:?}",
             periodic.jobs,
-            periodic.run.as_secs_f64(),
-            periodic.completed_total,
-            periodic.failed_total,
-            periodic.duration_p50_ms
-        ),
-        periodic.completed_min.to_string(),
-        format!(">= {expected_each} each, none failed"),
-        periodic.completed_min >= expected_each && periodic.failed_total == 0,
-    );
+            periodic.run
+        );
+        let expected_each = (periodic.run.as_secs_f64() - 1.5).floor().max(1.0) as u64;
+        table.check(
+            format!(
+                "{} jobs, checkpoints every 1 s for {:.1} s: fewest completed by a job \
+                 (total {}, failed {}, p50 {} ms)",
+                periodic.jobs,
+                periodic.run.as_secs_f64(),
+                periodic.completed_total,
+                periodic.failed_total,
+                periodic.duration_p50_ms
+            ),
+            periodic.completed_min.to_string(),
+            format!(">= {expected_each} each, none failed"),
+            periodic.completed_min >= expected_each && periodic.failed_total == 0,
+        );
 
-    // The smallest interval, as Flink's floor.
-    let fast =
-        measure_periodic(&server, "fast", 1, Duration::from_millis(10), plan.fast_run).await?;
-    ensure!(
-        fast.completed_total > 0,
-        "no checkpoint at a 10 ms interval"
-    );
-    let per_second = fast.completed_total as f64 / fast.run.as_secs_f64();
-    table.add(
-        format!(
-            "one job, checkpoints every 10 ms (the smallest interval; Flink's floor {FLINK_PERIODIC_FLOOR}): completed/s"
-        ),
-        format!("{per_second:.0}"),
-    );
+        let fast =
+            measure_periodic(&server, "fast", 1, Duration::from_millis(10), plan.fast_run).await?;
+        ensure!(
+            fast.completed_total > 0,
+            "no checkpoint at a 10 ms interval"
+        );
+        let per_second = fast.completed_total as f64 / fast.run.as_secs_f64();
+        table.add(
+            "one job, checkpoints every 10 ms (the smallest interval, as Flink's): completed/s",
+            format!("{per_second:.0}"),
+        );
+        fastest = Some(per_second);
+    }
 
     server.stop().await?;
 
@@ -1173,10 +1265,11 @@ async fn run(args: &Args) -> anyhow::Result<Table> {
             ms(to_durable)
         );
     }
-    println!(
-        "| periodic floor | {} ms interval, {per_second:.0} checkpoints/s achieved | {FLINK_PERIODIC_FLOOR} | | |",
-        10
-    );
+    if let Some(per_second) = fastest {
+        println!(
+            "| smallest periodic interval | 10 ms: {per_second:.0} checkpoints/s completed | {FLINK_PERIODIC_FLOOR} | | |"
+        );
+    }
     Ok(table)
 }
 
