@@ -92,7 +92,8 @@ struct Args {
 enum Part {
     /// Savepoints of 2, 4, 8, 16 and 1 000 tasks, and the raw fsync reference.
     Savepoints,
-    /// Streamed acknowledgements against a bare tonic stream.
+    /// Streamed acknowledgements against a bare tonic stream (jobs of 10 000 and 100 000
+    /// subtasks).
     Throughput,
     /// Checkpoints of one job of 100 000 subtasks.
     Large,
@@ -105,8 +106,8 @@ struct Plan {
     savepoints: usize,
     large_savepoints: usize,
     large_tasks: u32,
-    throughput_subtasks: u32,
-    throughput_rounds: usize,
+    /// (subtasks of the job, rounds) of the throughput comparisons.
+    throughput: Vec<(u32, usize)>,
     huge_subtasks: u32,
     huge_rounds: usize,
     jobs: usize,
@@ -121,8 +122,7 @@ impl Plan {
                 savepoints: args.savepoints.unwrap_or(10),
                 large_savepoints: 3,
                 large_tasks: 1000,
-                throughput_subtasks: 20_000,
-                throughput_rounds: 2,
+                throughput: vec![(10_000, 3)],
                 huge_subtasks: 100_000,
                 huge_rounds: 1,
                 jobs: args.jobs.unwrap_or(100),
@@ -134,8 +134,7 @@ impl Plan {
                 savepoints: args.savepoints.unwrap_or(100),
                 large_savepoints: 30,
                 large_tasks: 1000,
-                throughput_subtasks: 100_000,
-                throughput_rounds: 5,
+                throughput: vec![(10_000, 20), (100_000, 5)],
                 huge_subtasks: 100_000,
                 huge_rounds: 3,
                 jobs: args.jobs.unwrap_or(1000),
@@ -952,7 +951,7 @@ async fn measure_throughput(
     let mut bare = BareStream::start(tasks, task_managers).await?;
     let job = SimulatedJob::start(
         server,
-        "throughput",
+        &format!("throughput-{tasks}"),
         vertices(tasks, task_managers),
         task_managers,
     )
@@ -1178,49 +1177,54 @@ async fn run(args: &Args) -> anyhow::Result<Table> {
     }
 
     // Streamed acks against bare tonic, same messages, same number of streams.
-    let mut streamed = None;
+    let mut streamed = Vec::new();
     if runs(Part::Throughput) {
-        let task_managers = 4;
-        let (bare, figures) = measure_throughput(
-            &server,
-            plan.throughput_subtasks,
-            task_managers,
-            plan.throughput_rounds,
-        )
-        .await?;
-        let ratios: Vec<f64> = bare
-            .iter()
-            .zip(&figures.acks_per_second)
-            .map(|(bare, ours)| ours / bare)
-            .collect();
-        let ratio = median(&ratios);
-        let (bare, ours) = (median(&bare), median(&figures.acks_per_second));
-        eprintln!("acks/s: bare tonic {bare:.0}, ours {ours:.0}, ratio {ratio:.2}");
-        table.add(
-            format!(
-                "bare tonic stream: acks/s ({} acks, {task_managers} streams, median of {})",
-                plan.throughput_subtasks, plan.throughput_rounds
-            ),
-            format!("{bare:.0}"),
-        );
-        table.add(
-            "streamed acks through the server: acks/s (trigger -> last ack processed)",
-            format!("{ours:.0}"),
-        );
-        table.check(
-            "streamed acks / bare tonic (median of the rounds' ratios, rounds alternating)",
-            format!("{:.0} %", ratio * 100.0),
-            ">= 75 %",
-            ratio >= 0.75,
-        );
-        streamed = Some(figures);
+        for &(subtasks, rounds) in &plan.throughput {
+            let task_managers = 4;
+            let (bare, figures) =
+                measure_throughput(&server, subtasks, task_managers, rounds).await?;
+            let ratios: Vec<f64> = bare
+                .iter()
+                .zip(&figures.acks_per_second)
+                .map(|(bare, ours)| ours / bare)
+                .collect();
+            let ratio = median(&ratios);
+            let (bare, ours) = (median(&bare), median(&figures.acks_per_second));
+            eprintln!(
+                "acks/s, job of {subtasks} subtasks: bare tonic {bare:.0}, ours {ours:.0}, ratio {ratio:.2}"
+            );
+            table.add(
+                format!(
+                    "bare tonic stream: acks/s ({subtasks} acks a round, {task_managers} streams, median of {rounds})"
+                ),
+                format!("{bare:.0}"),
+            );
+            table.add(
+                format!(
+                    "streamed acks, job of {subtasks} subtasks: acks/s (trigger -> last ack processed)"
+                ),
+                format!("{ours:.0}"),
+            );
+            table.check(
+                format!(
+                    "streamed acks / bare tonic, job of {subtasks} subtasks (median of the rounds' ratios)"
+                ),
+                format!("{:.0} %", ratio * 100.0),
+                ">= 75 %",
+                ratio >= 0.75,
+            );
+            streamed.push((subtasks, figures));
+        }
     }
 
     // One job of 100 000 subtasks.
     if runs(Part::Large) {
-        let large = match streamed {
-            Some(figures) if plan.huge_subtasks == plan.throughput_subtasks => figures,
-            _ => {
+        let measured = streamed
+            .into_iter()
+            .find(|(subtasks, _)| *subtasks == plan.huge_subtasks);
+        let large = match measured {
+            Some((_, figures)) => figures,
+            None => {
                 measure_large_job(&server, "huge", plan.huge_subtasks, 16, plan.huge_rounds).await?
             }
         };
