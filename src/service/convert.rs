@@ -32,10 +32,7 @@ fn invalid(message: impl Into<String>) -> Status {
 
 /// Validates a job id (`field` names it in the error) and wraps it.
 pub fn job_id(field: &str, value: &str) -> Result<JobId, Status> {
-    if value.is_empty() {
-        return Err(invalid(format!("{field} must not be empty")));
-    }
-    model::validate_name(value).map_err(|e| invalid(format!("{field} {e}")))?;
+    check_job_id(field, value)?;
     Ok(JobId::new(value))
 }
 
@@ -137,21 +134,32 @@ pub fn state_handles(
     handles
         .into_iter()
         .enumerate()
-        .map(|(i, handle)| state_handle(&format!("{field}[{i}]"), handle))
+        .map(|(i, handle)| state_handle(field, i, handle))
         .collect()
 }
 
-fn state_handle(field: &str, handle: proto::StateHandle) -> Result<StateHandle, Status> {
+/// Decodes handle `index` of the list `list`; its field name is only formatted for an
+/// error, since every acknowledgement passes through here.
+fn state_handle(
+    list: &str,
+    index: usize,
+    handle: proto::StateHandle,
+) -> Result<StateHandle, Status> {
+    let field = || format!("{list}[{index}]");
     let data = match handle.data {
         None => {
             return Err(invalid(format!(
-                "{field}.data must be set (inline or reference)"
+                "{}.data must be set (inline or reference)",
+                field()
             )));
         }
         Some(proto::state_handle::Data::Inline(bytes)) => StateData::Inline(bytes),
         Some(proto::state_handle::Data::Reference(reference)) => {
             if reference.uri.trim().is_empty() {
-                return Err(invalid(format!("{field}.reference.uri must not be empty")));
+                return Err(invalid(format!(
+                    "{}.reference.uri must not be empty",
+                    field()
+                )));
             }
             StateData::Reference {
                 uri: reference.uri,
@@ -163,9 +171,11 @@ fn state_handle(field: &str, handle: proto::StateHandle) -> Result<StateHandle, 
         None => None,
         Some(range) if range.start > range.end => {
             return Err(invalid(format!(
-                "{field}.key_groups.start ({}) must not be greater than key_groups.end ({}); \
+                "{}.key_groups.start ({}) must not be greater than key_groups.end ({}); \
                  the range is inclusive",
-                range.start, range.end
+                field(),
+                range.start,
+                range.end
             )));
         }
         Some(range) => Some(KeyGroupRange {
@@ -186,18 +196,32 @@ pub fn acknowledgement(
     max_inline_state_bytes: usize,
 ) -> Result<(JobId, Acknowledgement), Status> {
     let job = job_id("job_id", &request.job_id)?;
+    Ok((job, acknowledgement_of(request, max_inline_state_bytes)?))
+}
+
+/// Decodes an acknowledgement whose `job_id` the caller checks itself (the stream path,
+/// which only needs it as a `&str`); the request's `job_id` is ignored.
+pub fn acknowledgement_of(
+    request: proto::AcknowledgeRequest,
+    max_inline_state_bytes: usize,
+) -> Result<Acknowledgement, Status> {
     let checkpoint_id = checkpoint_id("checkpoint_id", request.checkpoint_id)?;
     let attempt_id = attempt_id("attempt_id", request.attempt_id)?;
     let handles = state_handles("handles", request.handles, max_inline_state_bytes)?;
-    Ok((
-        job,
-        Acknowledgement {
-            checkpoint_id,
-            attempt_id,
-            handles,
-            fencing_token: request.fencing_token,
-        },
-    ))
+    Ok(Acknowledgement {
+        checkpoint_id,
+        attempt_id,
+        handles,
+        fencing_token: request.fencing_token,
+    })
+}
+
+/// Checks a job id without allocating one (see [`job_id`]).
+pub fn check_job_id(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(invalid(format!("{field} must not be empty")));
+    }
+    model::validate_name(value).map_err(|e| invalid(format!("{field} {e}")))
 }
 
 /// A validated decline.

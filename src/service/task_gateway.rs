@@ -217,12 +217,14 @@ impl StreamSession {
                     self.report(&status, &job_id, 0);
                 }
             }
-            Some(Upward::Acknowledge(ack)) => {
-                let (job_id, checkpoint_id) = (ack.job_id.clone(), ack.checkpoint_id);
-                let acknowledged = convert::acknowledgement(ack, self.max_inline_state_bytes)
-                    .and_then(|(job, ack)| {
-                        self.ensure_hosted(job.as_str(), ack.attempt_id)?;
-                        Ok(self.coordinator.acknowledge(job.as_str(), ack)?)
+            Some(Upward::Acknowledge(mut ack)) => {
+                // The hot path: the job id is only borrowed, never copied or allocated.
+                let (job_id, checkpoint_id) = (std::mem::take(&mut ack.job_id), ack.checkpoint_id);
+                let acknowledged = convert::check_job_id("job_id", &job_id)
+                    .and_then(|()| convert::acknowledgement_of(ack, self.max_inline_state_bytes))
+                    .and_then(|ack| {
+                        self.ensure_hosted(&job_id, ack.attempt_id)?;
+                        Ok(self.coordinator.acknowledge(&job_id, ack)?)
                     });
                 match acknowledged {
                     Ok(outcome) => {
@@ -257,10 +259,13 @@ impl StreamSession {
         mut inbound: Streaming<proto::TaskManagerMessage>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // Made once, not per message: every message of the stream passes this select.
+        let stopping = shutdown.wait_for(|stop| *stop);
+        tokio::pin!(stopping);
         loop {
             let next = tokio::select! {
                 next = inbound.message() => next,
-                _ = shutdown.wait_for(|stop| *stop) => {
+                _ = &mut stopping => {
                     tracing::debug!(task_manager = %self.tm, "closing stream: server shutting down");
                     break;
                 }
