@@ -17,6 +17,7 @@ use crate::coordinator::{
     AckOutcome, Acknowledgement, Restored, SavepointRequest, TaskRegistration,
 };
 use crate::proto;
+use bytes::Bytes;
 use std::time::Duration;
 use tonic::Status;
 
@@ -131,11 +132,13 @@ pub fn state_handles(
              and send a reference (uri and size) instead"
         )));
     }
-    handles
-        .into_iter()
-        .enumerate()
-        .map(|(i, handle)| state_handle(field, i, handle))
-        .collect()
+    // A list of its own, exactly as long: the decoded one has room to spare, and the
+    // handles stay in memory until their checkpoint is subsumed.
+    let mut decoded = Vec::with_capacity(handles.len());
+    for (i, handle) in handles.into_iter().enumerate() {
+        decoded.push(state_handle(field, i, handle)?);
+    }
+    Ok(decoded)
 }
 
 /// Decodes handle `index` of the list `list`; its field name is only formatted for an
@@ -153,7 +156,11 @@ fn state_handle(
                 field()
             )));
         }
-        Some(proto::state_handle::Data::Inline(bytes)) => StateData::Inline(bytes),
+        // Copied out of the stream's receive buffer: a slice of it would keep the whole
+        // buffer alive for as long as the checkpoint is pending or retained.
+        Some(proto::state_handle::Data::Inline(bytes)) => {
+            StateData::Inline(Bytes::copy_from_slice(&bytes))
+        }
         Some(proto::state_handle::Data::Reference(reference)) => {
             if reference.uri.trim().is_empty() {
                 return Err(invalid(format!(
