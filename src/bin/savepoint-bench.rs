@@ -778,19 +778,7 @@ impl BareStream {
         let (start, started) = watch::channel(0u64);
         let mut senders = JoinSet::new();
         for plan in plans {
-            let task_infos = plan
-                .tasks
-                .iter()
-                .map(|task| proto::TaskInfo {
-                    job_id: job_id.clone(),
-                    subtask: Some(proto::SubtaskRef {
-                        vertex_id: task.vertex_id.clone(),
-                        subtask_index: task.subtask_index,
-                    }),
-                    attempt_id: task.attempt_id,
-                    state: proto::TaskState::Running.into(),
-                })
-                .collect();
+            let task_infos = plan.task_infos(&job_id);
             let session =
                 TaskManagerSession::connect(channel.clone(), &plan.task_manager_id, task_infos)
                     .await?;

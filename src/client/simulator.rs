@@ -82,6 +82,24 @@ pub struct TaskManagerPlan {
     pub tasks: Vec<SimulatedTask>,
 }
 
+impl TaskManagerPlan {
+    /// Its tasks as a Hello of job `job_id` names them, all RUNNING.
+    pub fn task_infos(&self, job_id: &str) -> Vec<proto::TaskInfo> {
+        self.tasks
+            .iter()
+            .map(|task| proto::TaskInfo {
+                job_id: job_id.to_string(),
+                subtask: Some(proto::SubtaskRef {
+                    vertex_id: task.vertex_id.clone(),
+                    subtask_index: task.subtask_index,
+                }),
+                attempt_id: task.attempt_id,
+                state: proto::TaskState::Running.into(),
+            })
+            .collect()
+    }
+}
+
 /// Why the simulation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SimulationEnd {
@@ -453,19 +471,7 @@ async fn connect_task_manager(
     job_id: &str,
     plan: &TaskManagerPlan,
 ) -> Result<TaskManagerSession, SimulatorError> {
-    let tasks = plan
-        .tasks
-        .iter()
-        .map(|task| proto::TaskInfo {
-            job_id: job_id.to_string(),
-            subtask: Some(proto::SubtaskRef {
-                vertex_id: task.vertex_id.clone(),
-                subtask_index: task.subtask_index,
-            }),
-            attempt_id: task.attempt_id,
-            state: proto::TaskState::Running.into(),
-        })
-        .collect();
+    let tasks = plan.task_infos(job_id);
     let task_manager_id = plan.task_manager_id.clone();
     let connecting = TaskManagerSession::connect(channel.clone(), &task_manager_id, tasks);
     let session = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
