@@ -212,6 +212,9 @@ impl SavepointStore for Timed<dyn SavepointStore> {
     ) -> StoreResult<String> {
         self.inner.savepoint_path(target_dir, job, id)
     }
+    async fn prepare(&self, path: &str) -> StoreResult<()> {
+        self.inner.prepare(path).await
+    }
     async fn write(
         &self,
         target_dir: &str,

@@ -176,6 +176,13 @@ impl JobState {
         }
     }
 
+    fn coordinator(&self, kind: SnapshotKind) -> &SnapshotCoordinator {
+        match kind {
+            SnapshotKind::Checkpoint => &self.checkpoints,
+            SnapshotKind::Savepoint => &self.savepoints,
+        }
+    }
+
     fn coordinator_mut(&mut self, kind: SnapshotKind) -> &mut SnapshotCoordinator {
         match kind {
             SnapshotKind::Checkpoint => &mut self.checkpoints,
@@ -587,6 +594,14 @@ impl JobState {
             effects.results.push((result, Err(failure)));
         }
         effects.wake_scheduler = true;
+    }
+
+    /// Whether snapshot `id` is still on its way to the store (not aborted meanwhile).
+    pub fn is_storing(&self, id: CheckpointId, kind: SnapshotKind) -> bool {
+        self.coordinator(kind)
+            .pending
+            .get(&id)
+            .is_some_and(|p| p.storing)
     }
 
     /// Takes back snapshot `id` after its metadata write; None if it was aborted meanwhile

@@ -682,9 +682,10 @@ impl Coordinator {
         };
         let path = target_dir.as_ref().map(|_| location.clone());
         let (sender, receiver) = oneshot::channel();
-        let operation_writes = job.operation_writes.clone();
-        let _operation_order = match &options.operation_id {
-            Some(_) => Some(operation_writes.lock().await),
+        // Held until the Pending record is durable: later records of the job queue
+        // behind it, and so does storing the savepoint (see `complete`).
+        let operation_order = match &options.operation_id {
+            Some(_) => Some(job.operation_writes.clone().lock_owned().await),
             None => None,
         };
         let mut operation = None;
@@ -740,37 +741,60 @@ impl Coordinator {
             );
             messages
         };
-        // The Pending record is durable before any task is triggered: otherwise the
-        // savepoint could complete while its request id is not yet recorded, and after a
-        // crash a repeat of the request would take a second savepoint.
-        let mut recorded = true;
-        if let Some(operation) = operation {
+        if let (Some(operation), Some(order)) = (operation, operation_order) {
             job.operations_changed.send_modify(|n| *n += 1);
-            if let Err(error) = self.inner.stores.operations.save(&operation).await {
-                let failure = SnapshotFailure::new(
-                    FailureReason::StoreIo,
-                    format!(
-                        "recording savepoint operation {} failed: {error}",
-                        operation.operation_id
-                    ),
-                );
-                drop(_operation_order);
-                let mut effects = Effects::default();
-                job.lock()
-                    .abort(id, failure, self.inner.clock.now_ms(), &mut effects);
-                self.carry_out(job, effects);
-                recorded = false;
-            }
+            self.prepare_savepoint(job, id, operation, order);
         }
-        if recorded {
-            tracing::debug!(job_id = %job.id, checkpoint_id = %id, %kind, periodic, "snapshot triggered");
-            self.send_all(job, messages);
-        }
+        tracing::debug!(job_id = %job.id, checkpoint_id = %id, %kind, periodic, "snapshot triggered");
+        self.send_all(job, messages);
         Ok(SnapshotHandle {
             checkpoint_id: id,
             path,
             result: receiver,
         })
+    }
+
+    /// Writes a savepoint's Pending record and prepares its directory while its tasks
+    /// take the snapshot, holding `order` until both are durable. The savepoint is stored
+    /// only after that (`complete` waits for `order`): otherwise it could complete while
+    /// its request id is not yet recorded, and after a crash a repeat of the request would
+    /// take a second savepoint. If either fails, the savepoint fails.
+    fn prepare_savepoint(
+        &self,
+        job: &Arc<Job>,
+        id: CheckpointId,
+        operation: SavepointOperation,
+        order: tokio::sync::OwnedMutexGuard<()>,
+    ) {
+        let coordinator = self.clone();
+        let job = job.clone();
+        tokio::spawn(async move {
+            let stores = &coordinator.inner.stores;
+            let prepared = match stores.operations.save(&operation).await {
+                Err(error) => Err(format!(
+                    "recording savepoint operation {} failed: {error}",
+                    operation.operation_id
+                )),
+                Ok(()) => stores
+                    .savepoints
+                    .prepare(&operation.path)
+                    .await
+                    .map_err(|error| {
+                        format!(
+                            "creating savepoint directory {} failed: {error}",
+                            operation.path
+                        )
+                    }),
+            };
+            if let Err(message) = prepared {
+                let failure = SnapshotFailure::new(FailureReason::StoreIo, message);
+                let mut effects = Effects::default();
+                job.lock()
+                    .abort(id, failure, coordinator.inner.clock.now_ms(), &mut effects);
+                coordinator.carry_out(&job, effects);
+            }
+            drop(order);
+        });
     }
 
     fn expire(&self, job: &Arc<Job>, id: CheckpointId) {
@@ -863,7 +887,18 @@ impl Coordinator {
         } = completing;
         let id = snapshot.checkpoint_id;
         let stores = &self.inner.stores;
+        if kind == SnapshotKind::Savepoint {
+            // The trigger holds this lock until the savepoint's Pending record and its
+            // directory are durable (`prepare_savepoint`).
+            drop(job.operation_writes.lock().await);
+        }
+        // Aborted meanwhile (its Pending record failed, it expired): nothing to store.
+        let still_storing = job.lock().is_storing(id, kind);
         let stored = match snapshot.check_consistent() {
+            _ if !still_storing => Err(SnapshotFailure::new(
+                FailureReason::Finalize,
+                format!("{kind} {id} ended before it was stored"),
+            )),
             Err(error) => Err(SnapshotFailure::new(
                 FailureReason::Finalize,
                 format!("finalizing {kind} {id} failed: {error}"),

@@ -56,6 +56,14 @@ pub struct SavepointStarted {
 }
 
 impl SavepointStarted {
+    /// Waits until the operation's Pending record is durable (or failed to be), so that an
+    /// operation id handed out survives a crash; returns the operation as it is then.
+    pub async fn recorded(&self) -> Result<SavepointOperation, CoreError> {
+        // The trigger holds this lock until the Pending record is written.
+        drop(self.job.operation_writes.lock().await);
+        operation_of(&self.job, &self.operation.operation_id)
+    }
+
     /// Waits until the operation is no longer pending. Also when the job is unregistered
     /// meanwhile: the operation then fails with COORDINATOR_SHUT_DOWN.
     pub async fn finished(&self) -> Result<SavepointOperation, CoreError> {

@@ -1587,6 +1587,7 @@ async fn shutdown_fails_every_pending_savepoint() {
 async fn savepoint_store_write_failure_fails_the_result_and_aborts_the_tasks() {
     let h = Harness::started(policy()).await;
     let handle = h.savepoint().await;
+    settle().await; // its Pending record is written
     h.sent();
     let path = handle.path.clone().unwrap();
     h.memory().fail_writes(true);
@@ -2226,6 +2227,10 @@ impl SavepointStore for HangingWrites {
         id: CheckpointId,
     ) -> StoreResult<String> {
         self.0.savepoint_path(target_dir, job, id)
+    }
+
+    async fn prepare(&self, path: &str) -> StoreResult<()> {
+        self.0.prepare(path).await
     }
 
     async fn write(

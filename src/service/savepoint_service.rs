@@ -122,7 +122,7 @@ impl SavepointRpc {
             operation_id = %operation.operation_id
         );
         if detach {
-            return Ok(Response::new(savepoint_response(started.operation)));
+            return Ok(Response::new(savepoint_response(started.recorded().await?)));
         }
         let waiting = started.finished().instrument(span);
         let finished = match until {

@@ -504,6 +504,10 @@ impl SavepointStore for EtcdSavepointHistory {
         self.inner.savepoint_path(target_dir, job, id)
     }
 
+    async fn prepare(&self, path: &str) -> StoreResult<()> {
+        self.inner.prepare(path).await
+    }
+
     async fn write(
         &self,
         target_dir: &str,

@@ -197,6 +197,12 @@ impl<S: SavepointStore> SavepointStore for FaultyStore<S> {
         self.inner.savepoint_path(target_dir, job, id)
     }
 
+    async fn prepare(&self, path: &str) -> StoreResult<()> {
+        self.before_write(job_of_path(path), "savepoint directory")
+            .await?;
+        self.inner.prepare(path).await
+    }
+
     async fn write(
         &self,
         target_dir: &str,

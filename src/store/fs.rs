@@ -30,6 +30,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,9 @@ struct Inner {
     /// Serializes read-modify-write of ID counters within this process.
     ids_lock: Mutex<()>,
     temp_counter: AtomicU64,
+    /// Savepoint directories `prepare` created and made durable, not yet written: their
+    /// metadata write skips that step. Entries leave on write or discard.
+    prepared: Mutex<HashSet<PathBuf>>,
 }
 
 impl FsStore {
@@ -74,6 +78,7 @@ impl FsStore {
                 root,
                 ids_lock: Mutex::new(()),
                 temp_counter: AtomicU64::new(0),
+                prepared: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -181,11 +186,21 @@ impl Inner {
         }
     }
 
-    /// Publishes the synced temp file `temp` as `target` (which must not exist yet) and
-    /// makes that durable.
+    /// Whether `dir` was prepared (and so is durable already); forgets it either way.
+    fn take_prepared(&self, dir: &Path) -> bool {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dir)
+    }
+
+    /// Links the synced temp file `temp` as `target`, refusing to replace an existing
+    /// file, and removes the temp name; durable once the directory is synced.
     fn link_new(&self, temp: &Path, target: &Path) -> StoreResult<()> {
-        match fs::hard_link(temp, target) {
-            Ok(()) => sync_parent(target),
+        let linked = fs::hard_link(temp, target);
+        let _ = fs::remove_file(temp);
+        match linked {
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(StoreError::InvalidLocation {
                 location: target.display().to_string(),
                 detail: "already exists; refusing to overwrite it".to_string(),
@@ -193,26 +208,6 @@ impl Inner {
             Err(e) => Err(StoreError::io("publishing", target.display(), e)),
         }
     }
-}
-
-/// Runs the fsyncs in `syncs` at the same time, one thread each, and returns the first
-/// error. Filesystems with a journal (ext4, XFS) make concurrent fsyncs durable in one
-/// journal commit, so this takes about as long as one fsync instead of one per item.
-fn at_once(syncs: &[&(dyn Fn() -> StoreResult<()> + Sync)]) -> StoreResult<()> {
-    let Some((first, rest)) = syncs.split_first() else {
-        return Ok(());
-    };
-    std::thread::scope(|scope| {
-        let others: Vec<_> = rest.iter().map(|sync| scope.spawn(*sync)).collect();
-        let mut result = first();
-        for other in others {
-            let other = other.join().unwrap_or_else(|_| {
-                Err(StoreError::Unavailable("an fsync thread panicked".into()))
-            });
-            result = result.and(other);
-        }
-        result
-    })
 }
 
 fn sync_file(file: &File, path: &Path) -> StoreResult<()> {
@@ -253,6 +248,14 @@ fn remove_temp_files(dir: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Makes the new directory `dir` itself survive a crash, not just its content.
+fn sync_new_dir(dir: &Path) -> StoreResult<()> {
+    match dir.parent() {
+        Some(parent) => sync_parent(dir).or_else(|_| sync_parent(parent)),
+        None => Ok(()),
+    }
 }
 
 /// Fsyncs the directory holding `path`, so a rename or link in it is durable.
@@ -511,6 +514,21 @@ impl SavepointStore for FsStore {
         }
     }
 
+    async fn prepare(&self, path: &str) -> StoreResult<()> {
+        let dir = absolute_dir(path)?;
+        self.blocking(move |inner| {
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
+            sync_new_dir(&dir)?;
+            inner
+                .prepared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir);
+            Ok(())
+        })
+        .await
+    }
+
     async fn write(
         &self,
         target_dir: &str,
@@ -536,7 +554,11 @@ impl SavepointStore for FsStore {
         };
         self.blocking(move |inner| {
             let dir = PathBuf::from(&path);
-            fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
+            let prepared = inner.take_prepared(&dir);
+            if !prepared {
+                fs::create_dir_all(&dir)
+                    .map_err(|e| StoreError::io("creating", dir.display(), e))?;
+            }
             let metadata = dir.join(METADATA_FILE);
             let index = inner.savepoint_record(&record.job_id, record.checkpoint_id);
             let entry = IndexEntry {
@@ -544,27 +566,26 @@ impl SavepointStore for FsStore {
                 retired: false,
             };
             let index_bytes = encode_record(RecordKind::SavepointIndex, &entry, index.display())?;
-            // Both files are written first and synced together with the new directory's
-            // entry: three fsyncs in the time of one. The index entry is published only
-            // once the metadata is durable, so it never names an incomplete savepoint.
+            // The fsyncs run one after the other: on a disk that flushes one journal
+            // commit at a time, running them at once measured slower (thread start-up).
+            // `list` skips an index entry whose metadata is missing, in case a
+            // filesystem made the index durable and a crash lost the metadata's link.
             let (metadata_temp, metadata_file) = inner.write_temp_unsynced(&metadata, &bytes)?;
             let written = inner.write_temp_unsynced(&index, &index_bytes).and_then(
                 |(index_temp, index_file)| {
-                    let published = at_once(&[
-                        &|| sync_file(&metadata_file, &metadata_temp),
-                        &|| sync_file(&index_file, &index_temp),
-                        // The savepoint directory itself must survive a crash, not just its content.
-                        &|| match dir.parent() {
-                            Some(parent) => sync_parent(&dir).or_else(|_| sync_parent(parent)),
-                            None => Ok(()),
-                        },
-                    ])
-                    .and_then(|()| inner.link_new(&metadata_temp, &metadata))
-                    .and_then(|()| {
-                        fs::rename(&index_temp, &index)
-                            .map_err(|e| StoreError::io("renaming into", index.display(), e))
-                    })
-                    .and_then(|()| sync_parent(&index));
+                    let published = sync_file(&metadata_file, &metadata_temp)
+                        .and_then(|()| sync_file(&index_file, &index_temp))
+                        .and_then(|()| match prepared {
+                            true => Ok(()),
+                            false => sync_new_dir(&dir),
+                        })
+                        .and_then(|()| inner.link_new(&metadata_temp, &metadata))
+                        .and_then(|()| {
+                            fs::rename(&index_temp, &index)
+                                .map_err(|e| StoreError::io("renaming into", index.display(), e))
+                        })
+                        .and_then(|()| sync_parent(&metadata))
+                        .and_then(|()| sync_parent(&index));
                     if published.is_err() {
                         let _ = fs::remove_file(&index_temp);
                     }
@@ -595,11 +616,13 @@ impl SavepointStore for FsStore {
     async fn list(&self, job: &JobId) -> StoreResult<Vec<SavepointRecord>> {
         let job = job.clone();
         self.blocking(move |inner| {
-            // The index entry is written after the metadata, so it only names savepoints
-            // that were complete.
+            // The index entry is published after the metadata, so it only names
+            // savepoints that were complete, unless a crash lost the metadata's link
+            // before its directory was synced (see `write`).
             Ok(index_entries(inner, &job)?
                 .into_iter()
                 .filter(|(_, entry)| !entry.retired)
+                .filter(|(_, entry)| Path::new(&entry.record.path).join(METADATA_FILE).exists())
                 .map(|(_, entry)| entry.record)
                 .collect())
         })
@@ -773,7 +796,8 @@ impl OwnedStateStore for FsStore {
             })
             .filter(|file| file.starts_with(&location) && file != &location)
             .collect();
-        self.blocking(move |_| {
+        self.blocking(move |inner| {
+            inner.take_prepared(&location);
             if location.join(METADATA_FILE).exists() {
                 // A completed savepoint: its data is never the coordinator's to delete here.
                 return Ok(0);
@@ -959,6 +983,77 @@ mod tests {
             store.dispose("/tmp/not-a-savepoint").await,
             Err(StoreError::InvalidLocation { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_prepared_savepoint_directory_exists_before_the_write_and_is_forgotten_after() {
+        let data = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let target_dir = target.path().to_str().unwrap();
+        let prepared = |store: &FsStore| store.inner.prepared.lock().unwrap().len();
+
+        let path = store
+            .savepoint_path(target_dir, &job(), CheckpointId(3))
+            .unwrap();
+        store.prepare(&path).await.unwrap();
+        assert!(
+            Path::new(&path).is_dir(),
+            "created before the tasks write into it"
+        );
+        assert_eq!(prepared(&store), 1);
+        let sp = snapshot(3, SnapshotKind::Savepoint);
+        let written = store
+            .write(target_dir, &sp, SavepointTrigger::Manual)
+            .await
+            .unwrap();
+        assert_eq!(written, path);
+        assert_eq!(store.read(&path).await.unwrap(), sp);
+        assert_eq!(store.list(&job()).await.unwrap().len(), 1);
+        assert_eq!(prepared(&store), 0);
+
+        // A savepoint that fails after its directory was prepared: discarding its state
+        // removes the empty directory and forgets it.
+        let failed = store
+            .savepoint_path(target_dir, &job(), CheckpointId(4))
+            .unwrap();
+        store.prepare(&failed).await.unwrap();
+        store.discard(&failed, &[]).await.unwrap();
+        assert!(!Path::new(&failed).exists());
+        assert_eq!(prepared(&store), 0);
+    }
+
+    #[tokio::test]
+    async fn an_index_entry_whose_metadata_a_crash_lost_is_not_listed() {
+        let data = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        let target_dir = target.path().to_str().unwrap();
+        let kept = store
+            .write(
+                target_dir,
+                &snapshot(7, SnapshotKind::Savepoint),
+                SavepointTrigger::Manual,
+            )
+            .await
+            .unwrap();
+        let lost = store
+            .write(
+                target_dir,
+                &snapshot(8, SnapshotKind::Savepoint),
+                SavepointTrigger::Manual,
+            )
+            .await
+            .unwrap();
+        // What a filesystem that made the index entry durable before the metadata's link
+        // leaves after a crash.
+        fs::remove_file(Path::new(&lost).join(METADATA_FILE)).unwrap();
+
+        let listed: Vec<_> = store.list(&job()).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+            [kept.as_str()]
+        );
     }
 
     #[tokio::test]

@@ -168,6 +168,13 @@ pub trait SavepointStore: Send + Sync {
         job: &JobId,
         id: CheckpointId,
     ) -> StoreResult<String>;
+    /// Creates the savepoint directory `path` (from [`SavepointStore::savepoint_path`])
+    /// durably before its tasks are triggered, as Flink's coordinator initializes a
+    /// savepoint's location, so that storing the metadata later has one step less.
+    /// Backends without directories do nothing.
+    async fn prepare(&self, _path: &str) -> StoreResult<()> {
+        Ok(())
+    }
     /// Writes the metadata atomically and durably under the savepoint path, records the
     /// savepoint in the job's index, and returns the path. Refuses to overwrite.
     async fn write(

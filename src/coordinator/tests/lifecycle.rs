@@ -582,70 +582,107 @@ async fn started_with_operations(gated: Arc<GatedOperations>) -> Harness {
     h
 }
 
-/// Found by the crash test: with the triggers out before the Pending record was durable,
-/// a savepoint could complete and be indexed while its request id was not yet recorded;
-/// a kill then made the repeated request take a second savepoint.
+/// Found by the crash test: a savepoint that completed and was indexed while its Pending
+/// record was not yet durable made a repeated request after a kill take a second
+/// savepoint. The tasks snapshot while the record is written; storing waits for it.
 #[tokio::test(start_paused = true)]
-async fn no_trigger_is_sent_before_the_pending_operation_is_durable() {
+async fn a_savepoint_is_stored_only_once_its_pending_operation_is_durable() {
     let gated = Arc::new(GatedOperations {
         memory: Arc::new(MemoryStore::default()),
         permits: tokio::sync::Semaphore::new(0),
         fail: false,
     });
     let h = started_with_operations(gated.clone()).await;
-    let coordinator = h.coordinator.clone();
-    let requesting = tokio::spawn(async move {
-        coordinator
-            .savepoint(JOB, with_request_id("deploy-7"))
-            .await
-    });
-    settle().await;
-    assert_eq!(
-        h.sent(),
-        vec![],
-        "no trigger while the Pending record is being written"
-    );
-
-    gated.permits.add_permits(1);
-    let started = requesting
-        .await
-        .expect("request task")
-        .expect("savepoint accepted");
+    let started = request(&h, with_request_id("deploy-7")).await;
     assert_eq!(started.operation.outcome, OperationOutcome::Pending);
     assert_eq!(
         h.sent(),
         triggered(1),
-        "triggered once the record is durable"
+        "the tasks snapshot while the record is written"
     );
+    let path = started.operation.path.clone();
+    assert_eq!(h.ack_all_at(1, &path)[4], AckOutcome::Completing);
+    let detached = tokio::time::timeout(Duration::from_secs(60), started.recorded()).await;
+    assert!(
+        detached.is_err(),
+        "a detached caller hears of it once it is recorded"
+    );
+    let mut result = Box::pin(started.handle.expect("a new savepoint").wait());
+    let early = tokio::time::timeout(Duration::from_secs(60), &mut result).await;
+    assert!(
+        early.is_err(),
+        "completed before its Pending record was durable"
+    );
+    assert!(
+        h.stores.savepoints.read(&path).await.is_err(),
+        "nothing stored yet"
+    );
+    assert!(h.sent().is_empty(), "no task is told of a completion");
+
+    gated.permits.add_permits(1_000);
+    let success = result.await.expect("stored once the record is durable");
+    assert_eq!(success.path.as_deref(), Some(path.as_str()));
+    assert_eq!(
+        h.stores
+            .savepoints
+            .read(&path)
+            .await
+            .unwrap()
+            .checkpoint_id
+            .0,
+        1
+    );
+    assert_eq!(h.sent(), notified(1));
+    settle().await;
     let stored = OperationStore::load_all(&*gated.memory, &job_id(JOB))
         .await
         .unwrap();
-    assert_eq!(stored, vec![started.operation]);
+    assert_eq!(stored.len(), 1);
+    assert!(
+        matches!(stored[0].outcome, OperationOutcome::Completed { .. }),
+        "{stored:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_savepoint_whose_operation_cannot_be_recorded_fails_without_triggering_the_tasks() {
+async fn a_savepoint_whose_operation_cannot_be_recorded_fails_and_stores_nothing() {
     let gated = Arc::new(GatedOperations {
         memory: Arc::new(MemoryStore::default()),
-        permits: tokio::sync::Semaphore::new(1_000),
+        permits: tokio::sync::Semaphore::new(0),
         fail: true,
     });
-    let h = started_with_operations(gated).await;
+    let h = started_with_operations(gated.clone()).await;
     let started = request(&h, with_request_id("deploy-8")).await;
+    let path = started.operation.path.clone();
+    assert_eq!(h.sent(), triggered(1));
+    // Every task acks while the record is being written; the last one starts storing.
+    assert_eq!(h.ack_all_at(1, &path)[4], AckOutcome::Completing);
+    gated.permits.add_permits(1_000);
     let message = expect_failure(
         started.handle.expect("a new savepoint").wait().await,
         FailureReason::StoreIo,
     );
     assert!(
-        message.contains("recording savepoint operation deploy-8 failed"),
+        message.contains("recording savepoint operation deploy-8 failed")
+            && message.contains("injected write failure"),
         "{message}"
     );
+    assert_eq!(h.sent(), aborted(1, FailureReason::StoreIo, &ALL));
+    settle().await;
+    assert!(h.stores.savepoints.read(&path).await.is_err());
     assert!(
-        h.sent()
-            .iter()
-            .all(|sent| !matches!(sent, Sent::Trigger(..))),
-        "no task was asked to snapshot"
+        h.stores
+            .savepoints
+            .list(&job_id(JOB))
+            .await
+            .unwrap()
+            .is_empty()
     );
+    let mut discarded = h.discarded();
+    discarded.sort();
+    let mut expected: Vec<String> = ALL.iter().map(|a| format!("{path}/state-{a}")).collect();
+    expected.sort();
+    assert_eq!(discarded, expected, "the acked state is cleaned up");
 }
 
 #[tokio::test]
