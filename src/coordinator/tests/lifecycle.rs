@@ -707,6 +707,8 @@ async fn a_savepoint_cut_short_by_a_restart_leaves_no_files_behind() {
         )
         .await
         .unwrap();
+    // The server dies once the operation is recorded (what a detached caller was told).
+    started.recorded().await.unwrap();
     // A task already wrote its state into the savepoint directory when the server died.
     let path = std::path::PathBuf::from(&started.operation.path);
     std::fs::create_dir_all(&path).unwrap();
