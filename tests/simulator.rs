@@ -82,6 +82,8 @@ async fn savepoint_completes_when_simulated_task_managers_ack_downstream_tasks()
         let _ = simulation_stopped.await;
     }));
 
+    assert_eq!(progress.last_ack_sent(), None, "nothing acknowledged yet");
+    let triggered = std::time::Instant::now();
     let response = tokio::time::timeout(
         WAIT,
         client.trigger_savepoint(proto::TriggerSavepointRequest {
@@ -94,6 +96,12 @@ async fn savepoint_completes_when_simulated_task_managers_ack_downstream_tasks()
     .expect("TriggerSavepoint in time")
     .expect("savepoint completes")
     .into_inner();
+    let returned = std::time::Instant::now();
+    let last_ack = progress.last_ack_sent().expect("the acks were sent");
+    assert!(
+        (triggered..=returned).contains(&last_ack),
+        "the last ack was sent while the savepoint was taken"
+    );
     let path = Path::new(&response.path);
     assert!(path.is_dir(), "{} is a directory", path.display());
     assert!(

@@ -16,8 +16,9 @@ use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
@@ -149,6 +150,8 @@ struct Counters {
     aborts: AtomicU64,
     stream_errors: AtomicU64,
     missed_barriers: AtomicU64,
+    /// When the latest acknowledgement was sent, in nanoseconds after [`time_base`].
+    last_ack_sent: AtomicU64,
     /// See [`SimulationCounts::checkpoint_ids`]; updated once per trigger, not per ack.
     checkpoint_ids: std::sync::Mutex<Option<(u64, u64)>>,
 }
@@ -166,6 +169,22 @@ impl SimulationProgress {
             missed_barriers: c.missed_barriers.load(Ordering::Relaxed),
             checkpoint_ids: *c.checkpoint_ids.lock().unwrap_or_else(|e| e.into_inner()),
         }
+    }
+
+    /// When the latest acknowledgement was handed to a stream; None before the first.
+    /// Benchmarks read it as the moment the last task of a snapshot acknowledged.
+    pub fn last_ack_sent(&self) -> Option<Instant> {
+        match self.counters.last_ack_sent.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(time_base() + Duration::from_nanos(nanos)),
+        }
+    }
+
+    fn note_ack_sent(&self) {
+        let nanos = time_base().elapsed().as_nanos().max(1) as u64;
+        self.counters
+            .last_ack_sent
+            .fetch_max(nanos, Ordering::Relaxed);
     }
 
     fn note_trigger(&self, checkpoint_id: u64) {
@@ -186,6 +205,13 @@ fn widen(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
         }
         (range, None) | (None, range) => range,
     }
+}
+
+/// The instant [`SimulationProgress::last_ack_sent`] counts from (a plain atomic is
+/// cheaper per ack than a lock around an `Instant`).
+fn time_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
 }
 
 /// Adds `amount` to one of the live counters.
@@ -623,6 +649,7 @@ impl SimulatedTaskManager {
                 self.session.send(ack).await?;
                 count(&self.progress.counters.acks, 1);
             }
+            self.progress.note_ack_sent();
             Ok::<(), ClientError>(())
         };
         tokio::select! {
