@@ -153,7 +153,9 @@ struct Job {
     wakeup: Notify,
     /// Serialises savepoint requests, so a repeated request id never starts a second one.
     savepoint_requests: tokio::sync::Mutex<()>,
-    /// Orders writes of operation records (a Pending record never lands after its final one).
+    /// Orders writes of operation records (a Pending record never lands after its final
+    /// one). Held from a savepoint's trigger until its Pending record and directory are
+    /// durable, so storing the savepoint and a detached caller's answer wait for it.
     operation_writes: Arc<tokio::sync::Mutex<()>>,
     /// Bumped whenever an operation record changes; waiters watch it.
     operations_changed: watch::Sender<u64>,
