@@ -498,6 +498,26 @@ impl Harness {
     fn discarded(&self) -> Vec<String> {
         self.memory().discarded_uris()
     }
+
+    /// A failed savepoint at `path` left nothing: no metadata, no index entry, and the
+    /// state every task acked (by [`state`]) is deleted.
+    async fn assert_failed_savepoint_left_nothing(&self, path: &str) {
+        assert!(self.stores.savepoints.read(path).await.is_err());
+        assert!(
+            self.stores
+                .savepoints
+                .list(&job_id(JOB))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        settle().await;
+        let mut discarded = self.discarded();
+        discarded.sort();
+        let mut expected: Vec<String> = ALL.iter().map(|a| format!("{path}/state-{a}")).collect();
+        expected.sort();
+        assert_eq!(discarded, expected, "the acked state is cleaned up");
+    }
 }
 
 fn stored_checkpoint_ids(snapshots: &[CompletedSnapshot]) -> Vec<u64> {
@@ -1597,21 +1617,7 @@ async fn savepoint_store_write_failure_fails_the_result_and_aborts_the_tasks() {
     assert_eq!(h.sent(), aborted(1, FailureReason::StoreIo, &ALL));
     h.memory().fail_writes(false);
 
-    assert!(h.stores.savepoints.read(&path).await.is_err());
-    assert!(
-        h.stores
-            .savepoints
-            .list(&job_id(JOB))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    settle().await;
-    let mut discarded = h.discarded();
-    discarded.sort();
-    let mut expected: Vec<String> = ALL.iter().map(|a| format!("{path}/state-{a}")).collect();
-    expected.sort();
-    assert_eq!(discarded, expected, "the acked state is cleaned up");
+    h.assert_failed_savepoint_left_nothing(&path).await;
     let stats = h.stats();
     assert_eq!((stats.failed, stats.completed), (1, 0));
     assert_eq!(

@@ -668,21 +668,7 @@ async fn a_savepoint_whose_operation_cannot_be_recorded_fails_and_stores_nothing
         "{message}"
     );
     assert_eq!(h.sent(), aborted(1, FailureReason::StoreIo, &ALL));
-    settle().await;
-    assert!(h.stores.savepoints.read(&path).await.is_err());
-    assert!(
-        h.stores
-            .savepoints
-            .list(&job_id(JOB))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let mut discarded = h.discarded();
-    discarded.sort();
-    let mut expected: Vec<String> = ALL.iter().map(|a| format!("{path}/state-{a}")).collect();
-    expected.sort();
-    assert_eq!(discarded, expected, "the acked state is cleaned up");
+    h.assert_failed_savepoint_left_nothing(&path).await;
 }
 
 #[tokio::test]
