@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 const MAGIC: &[u8; 4] = b"SPCM";
 /// Bumped whenever the payload encoding changes incompatibly.
 pub const FORMAT_VERSION: u16 = 1;
-const HEADER_LEN: usize = 4 + 2 + 1 + 1 + 8 + 4;
+/// Bytes before the payload.
+pub const HEADER_LEN: usize = 4 + 2 + 1 + 1 + 8 + 4;
 
 /// What a record holds; written into the header so one kind is never read as another.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -24,6 +25,10 @@ pub enum RecordKind {
     Savepoint = 4,
     Operation = 5,
     SavepointIndex = 6,
+    /// One entry of a job's operation log (filesystem store).
+    OperationLog = 7,
+    /// One entry of a job's savepoint index log (filesystem store).
+    SavepointIndexLog = 8,
 }
 
 impl RecordKind {
@@ -35,6 +40,8 @@ impl RecordKind {
             4 => RecordKind::Savepoint,
             5 => RecordKind::Operation,
             6 => RecordKind::SavepointIndex,
+            7 => RecordKind::OperationLog,
+            8 => RecordKind::SavepointIndexLog,
             _ => return None,
         })
     }
@@ -76,6 +83,23 @@ pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Result<Vec<u8>, Enco
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
+}
+
+/// The length (header included) of the record that starts `bytes`, as its header
+/// declares it, so that records can follow one another in a log. None when `bytes` is
+/// shorter than a header or does not start with one.
+pub fn record_len(bytes: &[u8]) -> Option<u64> {
+    let header = bytes.get(..HEADER_LEN)?;
+    if &header[0..4] != MAGIC {
+        return None;
+    }
+    let declared = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    declared.checked_add(HEADER_LEN as u64)
+}
+
+/// Where the next record could start in `bytes`: the offset of the next magic number.
+pub fn find_record_start(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(MAGIC.len()).position(|w| w == MAGIC)
 }
 
 /// Decodes a record that must be of `kind`, checking every header field and the checksum.

@@ -5,16 +5,24 @@
 //! jobs/<job>/job.rec                       registration (spec, status, fencing token)
 //! jobs/<job>/ids.rec                       next free checkpoint id
 //! jobs/<job>/checkpoints/chk-<id>.rec      retained completed checkpoints
-//! jobs/<job>/savepoints/sp-<id>.rec        savepoint index (path, times, size, trigger)
-//! jobs/<job>/operations/<operation>.rec     savepoint operations
+//! jobs/<job>/savepoints.log                savepoint index (path, times, size, trigger)
+//! jobs/<job>/operations.log                savepoint operations
 //! checkpoints/<job>/chk-<id>/              where tasks write checkpoint state (owned)
 //! ```
 //! Savepoints live outside the data directory, in `<target>/savepoint-<job>-<id>/_metadata`.
 //!
-//! Every record is written atomically: a temp file in the same directory, fsync, rename
-//! (or hard link when overwriting must be refused), fsync of the directory. Records carry
-//! the versioned, checksummed envelope of [`codec`](super::codec). Blocking file I/O runs
-//! on tokio's blocking pool so it never stalls the coordinator's tasks.
+//! Every record file is written atomically: a temp file in the same directory, fsync,
+//! rename (or hard link when overwriting must be refused), fsync of the directory. The
+//! savepoint index and the operations, which a savepoint writes on its way, are appended
+//! to a log per job instead ([`record_log`]): one write and one `fdatasync` each. Records
+//! carry the versioned, checksummed envelope of [`codec`](super::codec). Blocking file I/O
+//! runs on tokio's blocking pool so it never stalls the coordinator's tasks.
+//!
+//! Data directories of earlier versions kept a file per index entry
+//! (`jobs/<job>/savepoints/sp-<id>.rec`) and per operation
+//! (`jobs/<job>/operations/<operation>.rec`); opening the store moves them into the logs.
+
+mod record_log;
 
 use super::codec::{self, RecordKind};
 use super::{
@@ -27,10 +35,10 @@ use crate::coordinator::model::{
     StateHandle, validate_name,
 };
 use async_trait::async_trait;
+use record_log::{Keyed, LogEntry, RecordLogs};
 use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -51,9 +59,8 @@ struct Inner {
     /// Serializes read-modify-write of ID counters within this process.
     ids_lock: Mutex<()>,
     temp_counter: AtomicU64,
-    /// Savepoint directories `prepare` created and made durable, not yet written: their
-    /// metadata write skips that step. Entries leave on write or discard.
-    prepared: Mutex<HashSet<PathBuf>>,
+    /// The savepoint index and operation logs of every job.
+    logs: RecordLogs,
 }
 
 impl FsStore {
@@ -73,13 +80,15 @@ impl FsStore {
                 "removed temporary files of writes a crash cut short"
             );
         }
+        let inner = Inner {
+            root,
+            ids_lock: Mutex::new(()),
+            temp_counter: AtomicU64::new(0),
+            logs: RecordLogs::default(),
+        };
+        inner.move_record_files_into_logs()?;
         Ok(FsStore {
-            inner: Arc::new(Inner {
-                root,
-                ids_lock: Mutex::new(()),
-                temp_counter: AtomicU64::new(0),
-                prepared: Mutex::new(HashSet::new()),
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -111,21 +120,89 @@ impl Inner {
             .join(format!("chk-{:020}.rec", id.0))
     }
 
-    fn savepoint_record(&self, job: &JobId, id: CheckpointId) -> PathBuf {
-        self.job_dir(job)
-            .join("savepoints")
-            .join(format!("sp-{:020}.rec", id.0))
+    fn savepoint_index(&self, job: &JobId) -> PathBuf {
+        self.job_dir(job).join("savepoints.log")
     }
 
-    fn operation_record(&self, job: &JobId, operation_id: &str) -> StoreResult<PathBuf> {
-        validate_name(operation_id).map_err(|e| StoreError::InvalidLocation {
-            location: operation_id.to_string(),
-            detail: format!("operation id {e}"),
-        })?;
-        Ok(self
-            .job_dir(job)
-            .join("operations")
-            .join(format!("{operation_id}.rec")))
+    fn operations_log(&self, job: &JobId) -> PathBuf {
+        self.job_dir(job).join("operations.log")
+    }
+
+    /// Appends an index entry to the job's savepoint index.
+    fn put_index_entry(&self, entry: IndexEntry) -> StoreResult<()> {
+        let log = self.savepoint_index(&entry.record.job_id);
+        self.logs
+            .append(&log, RecordKind::SavepointIndexLog, &LogEntry::Put(entry))
+    }
+
+    /// Moves the index entries and operations that earlier versions kept in a file each
+    /// into the logs: appended first, the files deleted after, so a crash in between
+    /// only repeats the move. A file that does not decode stays where it is.
+    fn move_record_files_into_logs(&self) -> StoreResult<()> {
+        let jobs_dir = self.root.join("jobs");
+        let jobs = fs::read_dir(&jobs_dir)
+            .map_err(|e| StoreError::io("listing", jobs_dir.display(), e))?;
+        for job_dir in jobs.flatten().map(|entry| entry.path()) {
+            let Some(job) = job_dir.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let job = JobId::new(job);
+            let moves = [
+                (job_dir.join("savepoints"), "sp-"),
+                (job_dir.join("operations"), ""),
+            ];
+            for (dir, prefix) in moves {
+                let files = match fs::read_dir(&dir) {
+                    Ok(entries) => entries.flatten().map(|e| e.path()).collect::<Vec<_>>(),
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io("listing", dir.display(), e)),
+                };
+                let mut moved = Vec::new();
+                for file in files {
+                    let name = file.file_name().unwrap_or_default().to_string_lossy();
+                    if !name.starts_with(prefix) || !name.ends_with(".rec") {
+                        continue;
+                    }
+                    let put = if prefix.is_empty() {
+                        read_record::<SavepointOperation>(RecordKind::Operation, &file).map(
+                            |operation| {
+                                operation.map(|o| {
+                                    self.logs.append(
+                                        &self.operations_log(&job),
+                                        RecordKind::OperationLog,
+                                        &LogEntry::Put(o),
+                                    )
+                                })
+                            },
+                        )
+                    } else {
+                        read_record::<IndexEntry>(RecordKind::SavepointIndex, &file)
+                            .map(|entry| entry.map(|e| self.put_index_entry(e)))
+                    };
+                    match put {
+                        Ok(Some(appended)) => {
+                            appended?;
+                            moved.push(file);
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(
+                            file = %file.display(),
+                            "a record of an earlier version does not decode and stays where it is: {error}"
+                        ),
+                    }
+                }
+                for file in &moved {
+                    remove_file_if_exists(file)?;
+                }
+                if !moved.is_empty() {
+                    tracing::info!(job_id = %job, count = moved.len(), dir = %dir.display(), "moved records of an earlier version into the job's log");
+                }
+                if fs::remove_dir(&dir).is_ok() {
+                    sync_parent(&dir)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn checkpoint_dir(&self, job: &JobId, id: CheckpointId) -> PathBuf {
@@ -184,14 +261,6 @@ impl Inner {
                 Err(StoreError::io("writing", temp.display(), e))
             }
         }
-    }
-
-    /// Whether `dir` was prepared (and so is durable already); forgets it either way.
-    fn take_prepared(&self, dir: &Path) -> bool {
-        self.prepared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(dir)
     }
 
     /// Links the synced temp file `temp` as `target`, refusing to replace an existing
@@ -514,17 +583,15 @@ impl SavepointStore for FsStore {
         }
     }
 
+    /// Creates the directory for the tasks to write into. Not synced: the metadata
+    /// write syncs the new directory's entry after the metadata's, by which time the
+    /// filesystem has often written it already (an fsync of a new file writes the new
+    /// directories above it on ext4), so that sync costs little where this one would
+    /// cost a flush of its own while the tasks snapshot.
     async fn prepare(&self, path: &str) -> StoreResult<()> {
         let dir = absolute_dir(path)?;
-        self.blocking(move |inner| {
-            fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
-            sync_new_dir(&dir)?;
-            inner
-                .prepared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(dir);
-            Ok(())
+        self.blocking(move |_| {
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))
         })
         .await
     }
@@ -554,47 +621,24 @@ impl SavepointStore for FsStore {
         };
         self.blocking(move |inner| {
             let dir = PathBuf::from(&path);
-            let prepared = inner.take_prepared(&dir);
-            if !prepared {
-                fs::create_dir_all(&dir)
-                    .map_err(|e| StoreError::io("creating", dir.display(), e))?;
-            }
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
+            // The metadata is durable before the index entry names it, so the index only
+            // names complete savepoints (`list` also skips an entry whose metadata a
+            // filesystem lost with an unsynced directory).
             let metadata = dir.join(METADATA_FILE);
-            let index = inner.savepoint_record(&record.job_id, record.checkpoint_id);
-            let entry = IndexEntry {
+            let (temp, file) = inner.write_temp_unsynced(&metadata, &bytes)?;
+            let published = sync_file(&file, &temp)
+                .and_then(|()| inner.link_new(&temp, &metadata))
+                .and_then(|()| sync_parent(&metadata))
+                .and_then(|()| sync_new_dir(&dir));
+            // The metadata is linked, not renamed: its temp name goes in every case.
+            let _ = fs::remove_file(&temp);
+            published?;
+            inner.put_index_entry(IndexEntry {
                 record,
                 retired: false,
-            };
-            let index_bytes = encode_record(RecordKind::SavepointIndex, &entry, index.display())?;
-            // The fsyncs run one after the other: on a disk that flushes one journal
-            // commit at a time, running them at once measured slower (thread start-up).
-            // `list` skips an index entry whose metadata is missing, in case a
-            // filesystem made the index durable and a crash lost the metadata's link.
-            let (metadata_temp, metadata_file) = inner.write_temp_unsynced(&metadata, &bytes)?;
-            let written = inner.write_temp_unsynced(&index, &index_bytes).and_then(
-                |(index_temp, index_file)| {
-                    let published = sync_file(&metadata_file, &metadata_temp)
-                        .and_then(|()| sync_file(&index_file, &index_temp))
-                        .and_then(|()| match prepared {
-                            true => Ok(()),
-                            false => sync_new_dir(&dir),
-                        })
-                        .and_then(|()| inner.link_new(&metadata_temp, &metadata))
-                        .and_then(|()| {
-                            fs::rename(&index_temp, &index)
-                                .map_err(|e| StoreError::io("renaming into", index.display(), e))
-                        })
-                        .and_then(|()| sync_parent(&metadata))
-                        .and_then(|()| sync_parent(&index));
-                    if published.is_err() {
-                        let _ = fs::remove_file(&index_temp);
-                    }
-                    published
-                },
-            );
-            // The metadata is linked, not renamed: its temp name goes in every case.
-            let _ = fs::remove_file(&metadata_temp);
-            written.map(|()| path)
+            })?;
+            Ok(path)
         })
         .await
     }
@@ -621,9 +665,9 @@ impl SavepointStore for FsStore {
             // before its directory was synced (see `write`).
             Ok(index_entries(inner, &job)?
                 .into_iter()
-                .filter(|(_, entry)| !entry.retired)
-                .filter(|(_, entry)| Path::new(&entry.record.path).join(METADATA_FILE).exists())
-                .map(|(_, entry)| entry.record)
+                .filter(|entry| !entry.retired)
+                .filter(|entry| Path::new(&entry.record.path).join(METADATA_FILE).exists())
+                .map(|entry| entry.record)
                 .collect())
         })
         .await
@@ -645,7 +689,7 @@ impl SavepointStore for FsStore {
         let job = job.clone();
         self.blocking(move |inner| {
             let mut resumed = 0;
-            for (_, entry) in index_entries(inner, &job)? {
+            for entry in index_entries(inner, &job)? {
                 if entry.retired {
                     let dir = PathBuf::from(&entry.record.path);
                     dispose_savepoint(inner, &job, entry.record.checkpoint_id, &dir)?;
@@ -659,14 +703,13 @@ impl SavepointStore for FsStore {
 }
 
 /// The job's savepoint index entries, ascending by id.
-fn index_entries(inner: &Inner, job: &JobId) -> StoreResult<Vec<(PathBuf, IndexEntry)>> {
-    let dir = inner.job_dir(job).join("savepoints");
-    let mut entries = Vec::new();
-    for path in record_files(&dir, "sp-")? {
-        if let Some(entry) = read_record::<IndexEntry>(RecordKind::SavepointIndex, &path)? {
-            entries.push((path, entry));
-        }
-    }
+fn index_entries(inner: &Inner, job: &JobId) -> StoreResult<Vec<IndexEntry>> {
+    let mut entries: Vec<IndexEntry> = inner
+        .logs
+        .load(&inner.savepoint_index(job), RecordKind::SavepointIndexLog)?
+        .into_values()
+        .collect();
+    entries.sort_by_key(|entry| entry.record.checkpoint_id);
     Ok(entries)
 }
 
@@ -687,21 +730,38 @@ fn savepoint_dir_of(path: &str) -> StoreResult<(PathBuf, JobId, CheckpointId)> {
     Ok((dir, job, id))
 }
 
-/// Marks the index entry of savepoint `id` retired; whether there was an entry. An
-/// unreadable entry counts as one (disposal removes it).
+/// Marks the index entry of savepoint `id` retired; whether there was an entry.
 fn retire_savepoint(inner: &Inner, job: &JobId, id: CheckpointId) -> StoreResult<bool> {
-    let index = inner.savepoint_record(job, id);
-    match read_record::<IndexEntry>(RecordKind::SavepointIndex, &index) {
-        Ok(Some(mut entry)) => {
+    let entry = inner
+        .logs
+        .load::<IndexEntry>(&inner.savepoint_index(job), RecordKind::SavepointIndexLog)?
+        .remove(&index_key(id));
+    match entry {
+        Some(mut entry) => {
             if !entry.retired {
                 entry.retired = true;
-                write_record(inner, RecordKind::SavepointIndex, &index, &entry)?;
+                inner.put_index_entry(entry)?;
             }
             Ok(true)
         }
-        Ok(None) => Ok(false),
-        Err(StoreError::Corrupted { .. }) => Ok(true),
-        Err(error) => Err(error),
+        None => Ok(false),
+    }
+}
+
+/// The key of savepoint `id` in its job's index.
+fn index_key(id: CheckpointId) -> String {
+    id.0.to_string()
+}
+
+impl Keyed for IndexEntry {
+    fn key(&self) -> String {
+        index_key(self.record.checkpoint_id)
+    }
+}
+
+impl Keyed for SavepointOperation {
+    fn key(&self) -> String {
+        self.operation_id.clone()
     }
 }
 
@@ -713,7 +773,6 @@ fn dispose_savepoint(
     id: CheckpointId,
     dir: &Path,
 ) -> StoreResult<bool> {
-    let index = inner.savepoint_record(job, id);
     let mut existed = retire_savepoint(inner, job, id)?;
     let metadata = dir.join(METADATA_FILE);
     existed |= metadata.exists();
@@ -726,17 +785,24 @@ fn dispose_savepoint(
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::io("removing", dir.display(), e)),
     }
-    remove_file_if_exists(&index)?;
+    inner.logs.append::<IndexEntry>(
+        &inner.savepoint_index(job),
+        RecordKind::SavepointIndexLog,
+        &LogEntry::Remove(index_key(id)),
+    )?;
     Ok(existed)
 }
 
 #[async_trait]
 impl OperationStore for FsStore {
     async fn save(&self, operation: &SavepointOperation) -> StoreResult<()> {
+        check_operation_id(&operation.operation_id)?;
         let operation = operation.clone();
         self.blocking(move |inner| {
-            let path = inner.operation_record(&operation.job_id, &operation.operation_id)?;
-            write_record(inner, RecordKind::Operation, &path, &operation)
+            let log = inner.operations_log(&operation.job_id);
+            inner
+                .logs
+                .append(&log, RecordKind::OperationLog, &LogEntry::Put(operation))
         })
         .await
     }
@@ -744,37 +810,34 @@ impl OperationStore for FsStore {
     async fn load_all(&self, job: &JobId) -> StoreResult<Vec<SavepointOperation>> {
         let job = job.clone();
         self.blocking(move |inner| {
-            let dir = inner.job_dir(&job).join("operations");
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(StoreError::io("listing", dir.display(), e)),
-            };
-            let mut operations = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(|e| StoreError::io("listing", dir.display(), e))?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with('.') || !name.ends_with(".rec") {
-                    continue;
-                }
-                if let Some(operation) = read_record(RecordKind::Operation, &entry.path())? {
-                    operations.push(operation);
-                }
-            }
-            Ok(operations)
+            let log = inner.operations_log(&job);
+            Ok(inner
+                .logs
+                .load(&log, RecordKind::OperationLog)?
+                .into_values()
+                .collect())
         })
         .await
     }
 
     async fn remove(&self, job: &JobId, operation_id: &str) -> StoreResult<()> {
+        check_operation_id(operation_id)?;
         let job = job.clone();
-        let operation_id = operation_id.to_string();
+        let entry = LogEntry::<SavepointOperation>::Remove(operation_id.to_string());
         self.blocking(move |inner| {
-            remove_file_if_exists(&inner.operation_record(&job, &operation_id)?)
+            let log = inner.operations_log(&job);
+            inner.logs.append(&log, RecordKind::OperationLog, &entry)
         })
         .await
     }
+}
+
+/// Refuses an operation id that is not a plain name.
+fn check_operation_id(operation_id: &str) -> StoreResult<()> {
+    validate_name(operation_id).map_err(|e| StoreError::InvalidLocation {
+        location: operation_id.to_string(),
+        detail: format!("operation id {e}"),
+    })
 }
 
 #[async_trait]
@@ -796,8 +859,7 @@ impl OwnedStateStore for FsStore {
             })
             .filter(|file| file.starts_with(&location) && file != &location)
             .collect();
-        self.blocking(move |inner| {
-            inner.take_prepared(&location);
+        self.blocking(move |_| {
             if location.join(METADATA_FILE).exists() {
                 // A completed savepoint: its data is never the coordinator's to delete here.
                 return Ok(0);
@@ -986,13 +1048,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_prepared_savepoint_directory_exists_before_the_write_and_is_forgotten_after() {
+    async fn a_prepared_savepoint_directory_takes_task_files_before_the_metadata() {
         let data = tempfile::tempdir().unwrap();
         let target = tempfile::tempdir().unwrap();
         let store = FsStore::open(data.path().to_path_buf()).unwrap();
         let target_dir = target.path().to_str().unwrap();
-        let prepared = |store: &FsStore| store.inner.prepared.lock().unwrap().len();
-
         let path = store
             .savepoint_path(target_dir, &job(), CheckpointId(3))
             .unwrap();
@@ -1001,7 +1061,7 @@ mod tests {
             Path::new(&path).is_dir(),
             "created before the tasks write into it"
         );
-        assert_eq!(prepared(&store), 1);
+        fs::write(Path::new(&path).join("task-0.state"), b"state").unwrap();
         let sp = snapshot(3, SnapshotKind::Savepoint);
         let written = store
             .write(target_dir, &sp, SavepointTrigger::Manual)
@@ -1010,17 +1070,19 @@ mod tests {
         assert_eq!(written, path);
         assert_eq!(store.read(&path).await.unwrap(), sp);
         assert_eq!(store.list(&job()).await.unwrap().len(), 1);
-        assert_eq!(prepared(&store), 0);
+        assert_eq!(
+            fs::read(Path::new(&path).join("task-0.state")).unwrap(),
+            b"state"
+        );
 
         // A savepoint that fails after its directory was prepared: discarding its state
-        // removes the empty directory and forgets it.
+        // removes the empty directory.
         let failed = store
             .savepoint_path(target_dir, &job(), CheckpointId(4))
             .unwrap();
         store.prepare(&failed).await.unwrap();
         store.discard(&failed, &[]).await.unwrap();
         assert!(!Path::new(&failed).exists());
-        assert_eq!(prepared(&store), 0);
     }
 
     #[tokio::test]
@@ -1057,6 +1119,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn records_of_an_earlier_version_move_into_the_logs_on_opening() {
+        let data = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let job_dir = data.path().join("jobs").join(job().as_str());
+        let sp = snapshot(5, SnapshotKind::Savepoint);
+        let path = FsStore::open(data.path().to_path_buf())
+            .unwrap()
+            .write(
+                target.path().to_str().unwrap(),
+                &sp,
+                SavepointTrigger::Manual,
+            )
+            .await
+            .unwrap();
+        let listed = FsStore::open(data.path().to_path_buf())
+            .unwrap()
+            .list(&job())
+            .await
+            .unwrap();
+        // The same data as a version with a file per record left it.
+        fs::remove_file(job_dir.join("savepoints.log")).unwrap();
+        let old = FsStore::open(data.path().to_path_buf()).unwrap();
+        let index_file = job_dir.join("savepoints").join(format!("sp-{:020}.rec", 5));
+        let entry = IndexEntry {
+            record: listed[0].clone(),
+            retired: false,
+        };
+        write_record(&old.inner, RecordKind::SavepointIndex, &index_file, &entry).unwrap();
+        let operation = SavepointOperation {
+            operation_id: "op-1".to_string(),
+            job_id: job(),
+            checkpoint_id: CheckpointId(5),
+            trigger: SavepointTrigger::Manual,
+            drain: false,
+            path: path.clone(),
+            trigger_timestamp_ms: 10,
+            outcome: crate::coordinator::model::OperationOutcome::Pending,
+        };
+        let operation_file = job_dir.join("operations").join("op-1.rec");
+        write_record(
+            &old.inner,
+            RecordKind::Operation,
+            &operation_file,
+            &operation,
+        )
+        .unwrap();
+        let damaged = job_dir.join("operations").join("op-2.rec");
+        fs::write(&damaged, b"not a record").unwrap();
+
+        let store = FsStore::open(data.path().to_path_buf()).unwrap();
+        assert_eq!(store.list(&job()).await.unwrap(), listed);
+        assert_eq!(
+            OperationStore::load_all(&store, &job()).await.unwrap(),
+            vec![operation]
+        );
+        assert!(!index_file.exists() && !job_dir.join("savepoints").exists());
+        assert!(!operation_file.exists());
+        assert!(
+            damaged.exists(),
+            "a record that does not decode is left alone"
+        );
+        let again = FsStore::open(data.path().to_path_buf()).unwrap();
+        assert_eq!(again.list(&job()).await.unwrap(), listed);
+    }
+
+    #[tokio::test]
     async fn a_disposal_interrupted_by_a_crash_is_finished_on_resume() {
         let data = tempfile::tempdir().unwrap();
         let target = tempfile::tempdir().unwrap();
@@ -1071,12 +1199,7 @@ mod tests {
             .await
             .unwrap();
         // The crash came right after the index entry was marked retired.
-        let index = store.inner.savepoint_record(&job(), CheckpointId(3));
-        let mut entry: IndexEntry = read_record(RecordKind::SavepointIndex, &index)
-            .unwrap()
-            .unwrap();
-        entry.retired = true;
-        write_record(&store.inner, RecordKind::SavepointIndex, &index, &entry).unwrap();
+        assert!(retire_savepoint(&store.inner, &job(), CheckpointId(3)).unwrap());
 
         assert!(
             store.list(&job()).await.unwrap().is_empty(),
@@ -1086,7 +1209,7 @@ mod tests {
         let reopened = FsStore::open(data.path().to_path_buf()).unwrap();
         assert_eq!(reopened.resume_disposals(&job()).await.unwrap(), 1);
         assert!(!Path::new(&path).exists(), "no orphaned files");
-        assert!(!index.exists());
+        assert!(index_entries(&reopened.inner, &job()).unwrap().is_empty());
         assert_eq!(reopened.resume_disposals(&job()).await.unwrap(), 0);
     }
 
