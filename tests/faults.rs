@@ -484,3 +484,92 @@ async fn a_corrupted_job_record_loses_that_job_only_and_says_so() {
     assert_eq!(again.code(), Code::DataLoss);
     server.stop().await;
 }
+
+/// The server dies after a savepoint's metadata is durable and before its index entry
+/// is: the caller was already told the path, so the restarted server must list the
+/// savepoint, report its operation COMPLETED, answer a repeat of the request with it and
+/// restore it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_savepoint_whose_index_entry_a_crash_cut_off_is_listed_after_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, faults) = TestServer::start_with_faults(dir.path()).await;
+    let mut client = server.savepoints().await;
+    let cluster = running_job(&server, &mut client, "unindexed", 0).await;
+    let first = trigger_savepoint(&mut client, "unindexed")
+        .await
+        .expect("savepoint");
+
+    faults.set(only(
+        "unindexed",
+        FaultPlan {
+            interrupted_indexing: true,
+            ..FaultPlan::default()
+        },
+    ));
+    let request = proto::TriggerSavepointRequest {
+        job_id: "unindexed".into(),
+        request_id: "deploy-42".into(),
+        ..Default::default()
+    };
+    let reply = within(
+        "TriggerSavepoint",
+        client.trigger_savepoint(request.clone()),
+    )
+    .await
+    .expect("complete once its metadata is durable")
+    .into_inner();
+    assert_eq!(reply.status(), proto::OperationStatus::Completed);
+    assert!(
+        std::path::Path::new(&reply.path)
+            .join("_metadata")
+            .is_file()
+    );
+    drop(cluster);
+    let server = server.restart().await;
+
+    let mut client = server.savepoints().await;
+    let listed: Vec<(u64, String)> = common::list_savepoints(&mut client, "unindexed")
+        .await
+        .into_iter()
+        .map(|s| (s.checkpoint_id, s.path))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (reply.checkpoint_id, reply.path.clone()),
+            (first.checkpoint_id, first.path.clone())
+        ]
+    );
+    let recorded = common::operation(&mut client, "unindexed", "deploy-42")
+        .await
+        .expect("the operation survived");
+    assert_eq!(recorded.status(), proto::OperationStatus::Completed);
+    assert_eq!(recorded.path, reply.path);
+    let repeated = within("TriggerSavepoint", client.trigger_savepoint(request))
+        .await
+        .expect("a repeat finds the operation")
+        .into_inner();
+    assert_eq!(
+        (repeated.checkpoint_id, repeated.path.as_str()),
+        (reply.checkpoint_id, reply.path.as_str()),
+        "no second savepoint"
+    );
+    register(&mut client, &job("restored", VERTICES, policy(0, 0))).await;
+    let restored = within(
+        "RestoreSavepoint",
+        client.restore_savepoint(proto::RestoreSavepointRequest {
+            job_id: "restored".into(),
+            path: reply.path.clone(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("restorable")
+    .into_inner();
+    assert_eq!(restored.checkpoint_id, reply.checkpoint_id);
+    assert_eq!(
+        restored.assignments,
+        common::unchanged_assignments(VERTICES, &[], reply.checkpoint_id)
+    );
+    server.stop().await;
+}

@@ -26,9 +26,7 @@ use savepoint_coordinator::client::simulator::{
     state_handle,
 };
 use savepoint_coordinator::client::{self, Downward, TaskManagerSession};
-use savepoint_coordinator::coordinator::model::{
-    CheckpointId, CompletedSnapshot, JobId, SavepointTrigger,
-};
+use savepoint_coordinator::coordinator::model::{CheckpointId, CompletedSnapshot, JobId};
 use savepoint_coordinator::proto;
 use savepoint_coordinator::proto::savepoint_service_client::SavepointServiceClient;
 use savepoint_coordinator::proto::task_gateway_server::{TaskGateway, TaskGatewayServer};
@@ -216,19 +214,21 @@ impl SavepointStore for Timed<dyn SavepointStore> {
     async fn prepare(&self, path: &str) -> StoreResult<()> {
         self.inner.prepare(path).await
     }
-    async fn write(
+    async fn write_metadata(
         &self,
         target_dir: &str,
         snapshot: &CompletedSnapshot,
-        trigger: SavepointTrigger,
     ) -> StoreResult<String> {
         let started = Instant::now();
-        let written = self.inner.write(target_dir, snapshot, trigger).await;
+        let written = self.inner.write_metadata(target_dir, snapshot).await;
         if written.is_ok() {
             self.timings
                 .record(&snapshot.job_id, snapshot.checkpoint_id, started);
         }
         written
+    }
+    async fn index(&self, record: &SavepointRecord) -> StoreResult<()> {
+        self.inner.index(record).await
     }
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
         self.inner.read(path).await

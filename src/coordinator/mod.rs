@@ -27,7 +27,7 @@ pub use error::CoreError;
 pub use pending::{SnapshotResult, SnapshotSuccess};
 pub use savepoints::{SavepointRequest, SavepointStarted};
 
-use crate::store::{JobRecord, StoreError, Stores};
+use crate::store::{JobRecord, SavepointRecord, StoreError, Stores};
 use clock::Clock;
 use gateway::{TaskGateway, TaskMessage};
 use id_counter::SharedIdCounter;
@@ -336,15 +336,23 @@ impl Coordinator {
         for record in records {
             let job = self.new_job(record.spec, record.status, record.fencing_token);
             let checkpoints = self.inner.stores.checkpoints.load_all(&job.id).await;
-            match self.inner.stores.savepoints.resume_disposals(&job.id).await {
-                Ok(0) => {}
+            let disposals_finished = match self
+                .inner
+                .stores
+                .savepoints
+                .resume_disposals(&job.id)
+                .await
+            {
+                Ok(0) => true,
                 Ok(resumed) => {
-                    tracing::info!(job_id = %job.id, resumed, "finished interrupted savepoint disposals")
+                    tracing::info!(job_id = %job.id, resumed, "finished interrupted savepoint disposals");
+                    true
                 }
                 Err(error) => {
-                    tracing::warn!(job_id = %job.id, "finishing interrupted savepoint disposals failed: {error}")
+                    tracing::warn!(job_id = %job.id, "finishing interrupted savepoint disposals failed: {error}");
+                    false
                 }
-            }
+            };
             let savepoints = self.inner.stores.savepoints.list(&job.id).await;
             // Knowing where this run's IDs begin tells late acks of the last run apart
             // from acks of IDs not issued yet (see `AckDecision::UnknownCheckpoint`).
@@ -407,7 +415,7 @@ impl Coordinator {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(job.id.clone(), job.clone());
             self.carry_out(&job, effects);
-            self.recover_operations(&job).await;
+            self.recover_operations(&job, disposals_finished).await;
             self.start_savepoint_scheduler(&job);
             if job.spec.savepoint_policy.retires() {
                 self.apply_retention(&job).await;
@@ -879,6 +887,13 @@ impl Coordinator {
     /// Stores a fully acknowledged snapshot (no lock held), then records the outcome.
     /// If the snapshot was aborted while being stored (timeout, subsumption, shutdown),
     /// whatever was written is removed again: the caller was told it failed.
+    ///
+    /// A savepoint is complete once its metadata is durable: its caller hears of it then,
+    /// and the savepoint is indexed after. The job's operation records are written in
+    /// order behind `operation_writes`, which is held from before the metadata until the
+    /// index entry is durable: so the operation is Pending on record before the metadata
+    /// exists and Completed only after the index entry, and whatever a crash leaves in
+    /// between is indexed by `recover_operations`. Listing waits for the index too.
     async fn complete(&self, job: Arc<Job>, completing: Completing) {
         let Completing {
             kind,
@@ -889,11 +904,12 @@ impl Coordinator {
         } = completing;
         let id = snapshot.checkpoint_id;
         let stores = &self.inner.stores;
-        if kind == SnapshotKind::Savepoint {
-            // The trigger holds this lock until the savepoint's Pending record and its
-            // directory are durable (`prepare_savepoint`).
-            drop(job.operation_writes.lock().await);
-        }
+        // The trigger holds this lock until the savepoint's Pending record is durable and
+        // its directory exists (`prepare_savepoint`).
+        let operation_order = match kind {
+            SnapshotKind::Savepoint => Some(job.operation_writes.clone().lock_owned().await),
+            SnapshotKind::Checkpoint => None,
+        };
         // Aborted meanwhile (its Pending record failed, it expired): nothing to store.
         let still_storing = job.lock().is_storing(id, kind);
         let stored = match snapshot.check_consistent() {
@@ -909,22 +925,23 @@ impl Coordinator {
                 None => stores.checkpoints.add(&snapshot).await.map(|()| None),
                 Some(target) => stores
                     .savepoints
-                    .write(
-                        target,
-                        &snapshot,
-                        trigger.unwrap_or(SavepointTrigger::Manual),
-                    )
+                    .write_metadata(target, &snapshot)
                     .await
                     .map(Some),
             }
             .map_err(|error| store_failure(kind, id, error)),
         };
         let mut effects = Effects::default();
+        let mut to_index = None;
         let aborted_meanwhile = {
             let mut state = job.lock();
             let now_ms = self.inner.clock.now_ms();
             match (state.take_stored(id, kind), stored) {
                 (Some(pending), Ok(path)) => {
+                    if let Some(path) = &path {
+                        let trigger = trigger.unwrap_or(SavepointTrigger::Manual);
+                        to_index = Some(SavepointRecord::of(&snapshot, path.clone(), trigger));
+                    }
                     state.complete(
                         pending,
                         Arc::new(snapshot),
@@ -957,6 +974,10 @@ impl Coordinator {
             && aborted_meanwhile.is_none()
             && job.spec.savepoint_policy.retires();
         self.carry_out(&job, effects);
+        if let Some(record) = to_index {
+            self.index_savepoint(&record).await;
+        }
+        drop(operation_order);
         if retire {
             self.apply_retention(&job).await;
         }
@@ -981,6 +1002,28 @@ impl Coordinator {
                 Err(_) => {}
             }
             discard(stores, &location, &snapshot_handles(snapshot)).await;
+        }
+    }
+
+    /// Adds a completed savepoint to its job's index, trying a few times: its caller
+    /// already knows it as complete. If the store keeps refusing, the savepoint stays
+    /// restorable from its path and is indexed by the next recovery.
+    async fn index_savepoint(&self, record: &SavepointRecord) {
+        const ATTEMPTS: u32 = 3;
+        for attempt in 1..=ATTEMPTS {
+            match self.inner.stores.savepoints.index(record).await {
+                Ok(()) => return,
+                Err(error) if attempt == ATTEMPTS => tracing::error!(
+                    job_id = %record.job_id,
+                    checkpoint_id = %record.checkpoint_id,
+                    path = record.path,
+                    "the savepoint is complete but indexing it failed; it is restorable from its path and will be listed after the next recovery: {error}"
+                ),
+                Err(error) => {
+                    tracing::warn!(job_id = %record.job_id, checkpoint_id = %record.checkpoint_id, attempt, "indexing a savepoint failed, trying again: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+                }
+            }
         }
     }
 

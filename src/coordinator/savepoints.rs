@@ -10,7 +10,7 @@ use super::model::{
 use super::pending::SnapshotOptions;
 use super::schedule::{CronSchedule, SavepointSchedule};
 use super::{Coordinator, CoreError, Job, SnapshotHandle};
-use crate::store::SavepointRecord;
+use crate::store::{SavepointRecord, StoreError, parse_savepoint_dir_name};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -183,9 +183,11 @@ impl Coordinator {
         wait_for_operation(&job, operation_id).await
     }
 
-    /// The job's completed savepoints, newest first.
+    /// The job's completed savepoints, newest first; also those whose index entry is
+    /// still being written (their callers may have heard of them).
     pub async fn list_savepoints(&self, job_id: &str) -> Result<Vec<SavepointRecord>, CoreError> {
         let job = self.job(job_id)?;
+        drop(job.operation_writes.lock().await);
         let mut records = self.inner.stores.savepoints.list(&job.id).await?;
         records.reverse();
         Ok(records)
@@ -195,6 +197,17 @@ impl Coordinator {
     /// whether there was anything to delete.
     pub async fn dispose_savepoint(&self, path: &str) -> Result<bool, CoreError> {
         self.check_within_roots("path", path)?;
+        // A savepoint just completed is indexed first, so its entry does not outlive it.
+        let owner = path
+            .trim_end_matches('/')
+            .trim_end_matches("/_metadata")
+            .rsplit('/')
+            .next()
+            .and_then(parse_savepoint_dir_name)
+            .and_then(|(job, _)| self.job(job.as_str()).ok());
+        if let Some(job) = owner {
+            drop(job.operation_writes.lock().await);
+        }
         let existed = self.inner.stores.savepoints.dispose(path).await?;
         tracing::info!(path, existed, "savepoint disposed");
         Ok(existed)
@@ -264,12 +277,15 @@ impl Coordinator {
         }
     }
 
-    /// Loads the job's operation records after a restart. An operation that was pending
-    /// when the server stopped completed if its savepoint is in the index, and failed
-    /// otherwise (its snapshot died with the server); whatever that failed savepoint
-    /// left in its directory (state files, even complete metadata written just before
-    /// the crash) is deleted, since nobody was told of it and nothing lists it.
-    pub(super) async fn recover_operations(&self, job: &Arc<Job>) {
+    /// Loads the job's operation records after a restart. A savepoint whose operation
+    /// is on record (pending, or completed) and whose metadata is durable is complete: it
+    /// is indexed if a crash came before its index entry (see `Coordinator::complete`),
+    /// unless the job's interrupted disposals could not be finished
+    /// (`disposals_finished`), as it may be one being disposed of. An operation that was pending completed if its savepoint is
+    /// complete, and failed otherwise (its snapshot died with the server); whatever that
+    /// failed savepoint left in its directory is deleted, since nobody was told of it
+    /// and nothing lists it.
+    pub(super) async fn recover_operations(&self, job: &Arc<Job>, disposals_finished: bool) {
         let stores = &self.inner.stores;
         let operations = match stores.operations.load_all(&job.id).await {
             Ok(operations) => operations,
@@ -278,13 +294,34 @@ impl Coordinator {
                 return;
             }
         };
-        let savepoints = match stores.savepoints.list(&job.id).await {
+        let mut savepoints = match stores.savepoints.list(&job.id).await {
             Ok(savepoints) => Some(savepoints),
             Err(error) => {
                 tracing::error!(job_id = %job.id, "savepoint index unreadable, pending operations stay unresolved: {error}");
                 None
             }
         };
+        let mut unreadable = std::collections::HashMap::new();
+        if let Some(savepoints) = &mut savepoints
+            && disposals_finished
+        {
+            for operation in &operations {
+                if matches!(operation.outcome, OperationOutcome::Failed { .. })
+                    || savepoints
+                        .iter()
+                        .any(|s| s.checkpoint_id == operation.checkpoint_id)
+                {
+                    continue;
+                }
+                match self.index_unindexed(job, operation).await {
+                    Ok(Some(record)) => savepoints.push(record),
+                    Ok(None) => {}
+                    Err(error) => {
+                        unreadable.insert(operation.checkpoint_id, error);
+                    }
+                }
+            }
+        }
         let now_ms = self.inner.clock.now_ms();
         let mut effects = Effects::default();
         let mut abandoned = Vec::new();
@@ -298,21 +335,31 @@ impl Coordinator {
                     && let Some(savepoints) = &savepoints
                 {
                     changed = true;
-                    operation.outcome = match savepoints
-                        .iter()
-                        .find(|s| s.checkpoint_id == operation.checkpoint_id)
-                    {
-                        Some(savepoint) => OperationOutcome::Completed {
-                            completion_timestamp_ms: savepoint.completion_timestamp_ms,
-                            state_size_bytes: savepoint.state_size_bytes,
-                        },
+                    let id = operation.checkpoint_id;
+                    operation.outcome = match savepoints.iter().find(|s| s.checkpoint_id == id) {
+                        Some(savepoint) => {
+                            state.max_issued_id = state.max_issued_id.max(id);
+                            OperationOutcome::Completed {
+                                completion_timestamp_ms: savepoint.completion_timestamp_ms,
+                                state_size_bytes: savepoint.state_size_bytes,
+                            }
+                        }
                         None => {
-                            abandoned.push(operation.path.clone());
+                            let message = match unreadable.get(&id) {
+                                // Kept: it may be a savepoint whose caller heard of it.
+                                Some(error) => format!(
+                                    "the server stopped while the savepoint was stored, and its metadata is unreadable: {error}"
+                                ),
+                                None => {
+                                    abandoned.push(operation.path.clone());
+                                    "the server stopped before the savepoint completed".to_string()
+                                }
+                            };
                             OperationOutcome::Failed {
                                 completion_timestamp_ms: now_ms,
                                 failure: SnapshotFailure::new(
                                     FailureReason::CoordinatorShutDown,
-                                    "the server stopped before the savepoint completed",
+                                    message,
                                 ),
                             }
                         }
@@ -336,6 +383,45 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Indexes the savepoint of `operation` if its metadata is durable (a crash came
+    /// before its index entry) and returns its record; None if it has no metadata (it
+    /// never completed, or it was disposed of); an error if the metadata is unreadable.
+    async fn index_unindexed(
+        &self,
+        job: &Job,
+        operation: &SavepointOperation,
+    ) -> Result<Option<SavepointRecord>, StoreError> {
+        let snapshot = match self.inner.stores.savepoints.read(&operation.path).await {
+            Ok(snapshot) => snapshot,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(error) => {
+                tracing::error!(job_id = %job.id, path = operation.path, "the metadata of a savepoint with an operation on record is unreadable; it is kept: {error}");
+                return Err(error);
+            }
+        };
+        if snapshot.job_id != job.id || snapshot.checkpoint_id != operation.checkpoint_id {
+            let error = StoreError::Corrupted {
+                path: operation.path.clone(),
+                detail: format!(
+                    "holds savepoint {} of job {}, not {} of job {}",
+                    snapshot.checkpoint_id, snapshot.job_id, operation.checkpoint_id, job.id
+                ),
+            };
+            tracing::error!(job_id = %job.id, "a savepoint operation's path is left alone: {error}");
+            return Err(error);
+        }
+        let record = SavepointRecord::of(&snapshot, operation.path.clone(), operation.trigger);
+        match self.inner.stores.savepoints.index(&record).await {
+            Ok(()) => {
+                tracing::info!(job_id = %job.id, checkpoint_id = %record.checkpoint_id, path = record.path, "indexed a complete savepoint that a restart left unindexed")
+            }
+            Err(error) => {
+                tracing::error!(job_id = %job.id, path = record.path, "indexing a complete savepoint at recovery failed; it is restorable from its path and indexed at the next recovery: {error}")
+            }
+        }
+        Ok(Some(record))
     }
 
     /// Writes changed operation records and deletes forgotten ones, after any Pending

@@ -2239,14 +2239,17 @@ impl SavepointStore for HangingWrites {
         self.0.prepare(path).await
     }
 
-    async fn write(
+    async fn write_metadata(
         &self,
         target_dir: &str,
         snapshot: &CompletedSnapshot,
-        trigger: SavepointTrigger,
     ) -> StoreResult<String> {
         self.stall().await;
-        self.0.write(target_dir, snapshot, trigger).await
+        self.0.write_metadata(target_dir, snapshot).await
+    }
+
+    async fn index(&self, record: &SavepointRecord) -> StoreResult<()> {
+        self.0.index(record).await
     }
 
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {

@@ -20,7 +20,7 @@ use super::{
     SavepointRecord, SavepointStore, StoreError, StoreResult, UnreadableJob, encode_record,
 };
 use crate::coordinator::model::{
-    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, validate_name,
+    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, validate_name,
 };
 use crate::ha::etcd::{self, EtcdClient, EtcdError};
 use async_trait::async_trait;
@@ -508,38 +508,32 @@ impl SavepointStore for EtcdSavepointHistory {
         self.inner.prepare(path).await
     }
 
-    async fn write(
+    /// The metadata, then a check that this server still leads: a successor's recovery
+    /// indexes (or, finding no metadata, fails and removes) the savepoints of pending
+    /// operations, and a savepoint written after that must not be reported complete.
+    async fn write_metadata(
         &self,
         target_dir: &str,
         snapshot: &CompletedSnapshot,
-        trigger: SavepointTrigger,
     ) -> StoreResult<String> {
-        let path = self.inner.write(target_dir, snapshot, trigger).await?;
-        let record = self
-            .inner
-            .list(&snapshot.job_id)
-            .await?
-            .into_iter()
-            .find(|r| r.checkpoint_id == snapshot.checkpoint_id)
-            .ok_or_else(|| StoreError::NotFound {
-                what: format!("the index entry of the savepoint just written at {path}"),
-            })?;
-        let key = self
-            .etcd
-            .history_key(&snapshot.job_id, snapshot.checkpoint_id);
-        let bytes = encode_record(RecordKind::SavepointIndex, &record, &key)?;
+        let path = self.inner.write_metadata(target_dir, snapshot).await?;
+        // Refused: the metadata stays, a successor may have indexed it already.
+        self.etcd.check_fence().await?;
+        Ok(path)
+    }
+
+    async fn index(&self, record: &SavepointRecord) -> StoreResult<()> {
+        self.inner.index(record).await?;
+        let key = self.etcd.history_key(&record.job_id, record.checkpoint_id);
+        let bytes = encode_record(RecordKind::SavepointIndex, record, &key)?;
         let Err(error) = self.etcd.put(&key, bytes.clone()).await else {
-            return Ok(path);
+            return Ok(());
         };
+        // Either way the savepoint stays: its operation is on record, and whoever leads
+        // after a restart or a failover indexes it (`Coordinator::recover_operations`).
         match self.etcd.settle(&key, &bytes, error).await {
-            Settled::Applied => Ok(path),
-            Settled::NotApplied(error) => {
-                // Never listed, so never reported: take the savepoint back.
-                let _ = self.inner.dispose(&path).await;
-                Err(error)
-            }
-            // It may be listed: the savepoint must stay for it.
-            Settled::Unknown(error) => Err(error),
+            Settled::Applied => Ok(()),
+            Settled::NotApplied(error) | Settled::Unknown(error) => Err(error),
         }
     }
 

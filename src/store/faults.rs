@@ -7,7 +7,7 @@ use super::{
     OwnedStateStore, SavepointRecord, SavepointStore, StoreError, StoreResult, Stores,
 };
 use crate::coordinator::model::{
-    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateHandle,
+    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, StateHandle,
 };
 use async_trait::async_trait;
 use std::io::ErrorKind;
@@ -30,6 +30,9 @@ pub struct FaultPlan {
     /// Disposals mark the savepoint retired (it leaves the index) and then never go on to
     /// delete anything: what a server that dies in the middle of a disposal leaves behind.
     pub interrupted_disposals: bool,
+    /// Indexing a savepoint never finishes, while its metadata is written: what a server
+    /// that dies between a savepoint's metadata and its index entry leaves behind.
+    pub interrupted_indexing: bool,
 }
 
 /// Shared handle to change the active faults.
@@ -203,15 +206,28 @@ impl<S: SavepointStore> SavepointStore for FaultyStore<S> {
         self.inner.prepare(path).await
     }
 
-    async fn write(
+    async fn write_metadata(
         &self,
         target_dir: &str,
         snapshot: &CompletedSnapshot,
-        trigger: SavepointTrigger,
     ) -> StoreResult<String> {
         self.before_write(Some(snapshot.job_id.as_str()), "savepoint metadata")
             .await?;
-        self.inner.write(target_dir, snapshot, trigger).await
+        self.inner.write_metadata(target_dir, snapshot).await
+    }
+
+    async fn index(&self, record: &SavepointRecord) -> StoreResult<()> {
+        let plan = self.switch.plan();
+        if plan.interrupted_indexing && concerns(&plan, Some(record.job_id.as_str())) {
+            tracing::info!(
+                path = record.path,
+                "indexing a savepoint never finishes (injected fault)"
+            );
+            return std::future::pending().await;
+        }
+        self.before_write(Some(record.job_id.as_str()), "savepoint index")
+            .await?;
+        self.inner.index(record).await
     }
 
     fn resolve(&self, path: &str) -> StoreResult<std::path::PathBuf> {

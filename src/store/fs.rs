@@ -28,11 +28,11 @@ use super::codec::{self, RecordKind};
 use super::{
     CompletedCheckpointStore, IdCounterStore, JobRecord, JobStore, LoadedJobs, OperationStore,
     OwnedStateStore, SavepointRecord, SavepointStore, StoreError, StoreResult, UnreadableJob,
-    encode_record, parse_savepoint_dir_name, savepoint_dir_name,
+    check_record_path, encode_record, parse_savepoint_dir_name, savepoint_dir_name,
 };
 use crate::coordinator::model::{
-    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, SavepointTrigger, StateData,
-    StateHandle, validate_name,
+    CheckpointId, CompletedSnapshot, JobId, SavepointOperation, StateData, StateHandle,
+    validate_name,
 };
 use async_trait::async_trait;
 use record_log::{Keyed, LogEntry, RecordLogs};
@@ -241,7 +241,7 @@ impl Inner {
     }
 
     /// Writes `bytes` to a new temp file beside `target` and leaves syncing it to the
-    /// caller (who may sync it together with others, see [`at_once`]).
+    /// caller.
     fn write_temp_unsynced(&self, target: &Path, bytes: &[u8]) -> StoreResult<(PathBuf, File)> {
         let dir = target.parent().expect("records live in a directory");
         fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
@@ -277,11 +277,6 @@ impl Inner {
             Err(e) => Err(StoreError::io("publishing", target.display(), e)),
         }
     }
-}
-
-fn sync_file(file: &File, path: &Path) -> StoreResult<()> {
-    file.sync_all()
-        .map_err(|e| StoreError::io("syncing", path.display(), e))
 }
 
 /// A savepoint index file: the record, and whether the savepoint is being disposed of
@@ -596,11 +591,10 @@ impl SavepointStore for FsStore {
         .await
     }
 
-    async fn write(
+    async fn write_metadata(
         &self,
         target_dir: &str,
         snapshot: &CompletedSnapshot,
-        trigger: SavepointTrigger,
     ) -> StoreResult<String> {
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
         // Encoded first, so a snapshot that does not encode leaves no directory behind
@@ -610,37 +604,32 @@ impl SavepointStore for FsStore {
             snapshot,
             format!("{path}/{METADATA_FILE}"),
         )?;
-        let record = SavepointRecord {
-            job_id: snapshot.job_id.clone(),
-            checkpoint_id: snapshot.checkpoint_id,
-            path: path.clone(),
-            trigger_timestamp_ms: snapshot.trigger_timestamp_ms,
-            completion_timestamp_ms: snapshot.completion_timestamp_ms,
-            state_size_bytes: snapshot.state_size_bytes(),
-            trigger,
-        };
         self.blocking(move |inner| {
             let dir = PathBuf::from(&path);
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
-            // The metadata is durable before the index entry names it, so the index only
-            // names complete savepoints (`list` also skips an entry whose metadata a
-            // filesystem lost with an unsynced directory).
             let metadata = dir.join(METADATA_FILE);
-            let (temp, file) = inner.write_temp_unsynced(&metadata, &bytes)?;
-            let published = sync_file(&file, &temp)
-                .and_then(|()| inner.link_new(&temp, &metadata))
+            let temp = inner.write_temp(&metadata, &bytes)?;
+            let published = inner
+                .link_new(&temp, &metadata)
                 .and_then(|()| sync_parent(&metadata))
                 .and_then(|()| sync_new_dir(&dir));
             // The metadata is linked, not renamed: its temp name goes in every case.
             let _ = fs::remove_file(&temp);
-            published?;
-            inner.put_index_entry(IndexEntry {
-                record,
-                retired: false,
-            })?;
-            Ok(path)
+            published.map(|()| path)
         })
         .await
+    }
+
+    /// Appends the entry to the job's index. `list` skips an entry whose metadata is
+    /// missing, in case a filesystem lost the metadata's link but kept the entry.
+    async fn index(&self, record: &SavepointRecord) -> StoreResult<()> {
+        check_record_path(record)?;
+        let entry = IndexEntry {
+            record: record.clone(),
+            retired: false,
+        };
+        self.blocking(move |inner| inner.put_index_entry(entry))
+            .await
     }
 
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
@@ -883,6 +872,7 @@ impl OwnedStateStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coordinator::model::SavepointTrigger;
     use crate::coordinator::model::{SnapshotKind, SubtaskState, VertexState};
     use bytes::Bytes;
 

@@ -21,8 +21,8 @@ struct Maps {
     next_ids: BTreeMap<JobId, u64>,
     jobs: BTreeMap<JobId, JobRecord>,
     checkpoints: BTreeMap<JobId, BTreeMap<CheckpointId, CompletedSnapshot>>,
-    /// Savepoint metadata and how it was triggered, by path.
-    savepoints: BTreeMap<String, (CompletedSnapshot, SavepointTrigger)>,
+    /// Savepoint metadata by path, and how it was triggered once it is indexed.
+    savepoints: BTreeMap<String, (CompletedSnapshot, Option<SavepointTrigger>)>,
     /// Savepoints being disposed of: no longer listed, their metadata still readable.
     retired: BTreeSet<String>,
     operations: BTreeMap<(JobId, String), SavepointOperation>,
@@ -165,11 +165,10 @@ impl SavepointStore for MemoryStore {
         Ok(format!("{target}/{}", savepoint_dir_name(job, id)))
     }
 
-    async fn write(
+    async fn write_metadata(
         &self,
         target_dir: &str,
         snapshot: &CompletedSnapshot,
-        trigger: SavepointTrigger,
     ) -> StoreResult<String> {
         self.check_writable()?;
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
@@ -181,8 +180,22 @@ impl SavepointStore for MemoryStore {
             });
         }
         maps.savepoints
-            .insert(path.clone(), (snapshot.clone(), trigger));
+            .insert(path.clone(), (snapshot.clone(), None));
         Ok(path)
+    }
+
+    async fn index(&self, record: &SavepointRecord) -> StoreResult<()> {
+        self.check_writable()?;
+        let path = savepoint_key(&record.path);
+        match self.maps().savepoints.get_mut(path) {
+            Some((_, trigger)) => {
+                *trigger = Some(record.trigger);
+                Ok(())
+            }
+            None => Err(StoreError::NotFound {
+                what: format!("savepoint {path}"),
+            }),
+        }
     }
 
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
@@ -202,14 +215,8 @@ impl SavepointStore for MemoryStore {
             .savepoints
             .iter()
             .filter(|(path, (s, _))| &s.job_id == job && !maps.retired.contains(*path))
-            .map(|(path, (s, trigger))| SavepointRecord {
-                job_id: s.job_id.clone(),
-                checkpoint_id: s.checkpoint_id,
-                path: path.clone(),
-                trigger_timestamp_ms: s.trigger_timestamp_ms,
-                completion_timestamp_ms: s.completion_timestamp_ms,
-                state_size_bytes: s.state_size_bytes(),
-                trigger: *trigger,
+            .filter_map(|(path, (s, trigger))| {
+                trigger.map(|trigger| SavepointRecord::of(s, path.clone(), trigger))
             })
             .collect();
         records.sort_by_key(|r| r.checkpoint_id);

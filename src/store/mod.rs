@@ -157,6 +157,21 @@ pub struct SavepointRecord {
     pub trigger: SavepointTrigger,
 }
 
+impl SavepointRecord {
+    /// The index entry of `snapshot`, written at `path`.
+    pub fn of(snapshot: &CompletedSnapshot, path: String, trigger: SavepointTrigger) -> Self {
+        SavepointRecord {
+            job_id: snapshot.job_id.clone(),
+            checkpoint_id: snapshot.checkpoint_id,
+            path,
+            trigger_timestamp_ms: snapshot.trigger_timestamp_ms,
+            completion_timestamp_ms: snapshot.completion_timestamp_ms,
+            state_size_bytes: snapshot.state_size_bytes(),
+            trigger,
+        }
+    }
+}
+
 /// Savepoints: self-contained directories `<target>/savepoint-<job>-<id>/_metadata`.
 #[async_trait]
 pub trait SavepointStore: Send + Sync {
@@ -175,14 +190,32 @@ pub trait SavepointStore: Send + Sync {
     async fn prepare(&self, _path: &str) -> StoreResult<()> {
         Ok(())
     }
-    /// Writes the metadata atomically and durably under the savepoint path, records the
-    /// savepoint in the job's index, and returns the path. Refuses to overwrite.
+    /// Writes the metadata atomically and durably under the savepoint path and returns
+    /// the path. Refuses to overwrite. From then on the savepoint is complete and
+    /// restorable from its path; [`SavepointStore::index`] lists it. The two are apart
+    /// so that a caller can be answered in between: the coordinator has the savepoint's
+    /// operation on record before, and recovery indexes a savepoint whose operation and
+    /// metadata a crash left unindexed.
+    async fn write_metadata(
+        &self,
+        target_dir: &str,
+        snapshot: &CompletedSnapshot,
+    ) -> StoreResult<String>;
+    /// Adds a savepoint whose metadata is written to its job's index (listing,
+    /// retention). Writing the same record again changes nothing.
+    async fn index(&self, record: &SavepointRecord) -> StoreResult<()>;
+    /// [`SavepointStore::write_metadata`], then [`SavepointStore::index`].
     async fn write(
         &self,
         target_dir: &str,
         snapshot: &CompletedSnapshot,
         trigger: SavepointTrigger,
-    ) -> StoreResult<String>;
+    ) -> StoreResult<String> {
+        let path = self.write_metadata(target_dir, snapshot).await?;
+        self.index(&SavepointRecord::of(snapshot, path.clone(), trigger))
+            .await?;
+        Ok(path)
+    }
     /// Reads a savepoint's metadata from its path (the directory or its `_metadata` file).
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot>;
     /// The job's savepoint index, ascending by id.
@@ -366,6 +399,24 @@ pub fn parse_savepoint_dir_name(name: &str) -> Option<(JobId, CheckpointId)> {
     let id = id.parse().ok()?;
     crate::coordinator::model::validate_name(job).ok()?;
     Some((JobId::new(job), CheckpointId(id)))
+}
+
+/// Refuses an index record whose path is not the directory of its own savepoint
+/// (`.../savepoint-<job>-<id>`, or its `_metadata`).
+pub fn check_record_path(record: &SavepointRecord) -> StoreResult<()> {
+    let dir = record.path.trim_end_matches('/');
+    let dir = dir.strip_suffix("/_metadata").unwrap_or(dir);
+    let named = dir.rsplit('/').next().and_then(parse_savepoint_dir_name);
+    if named == Some((record.job_id.clone(), record.checkpoint_id)) {
+        return Ok(());
+    }
+    Err(StoreError::InvalidLocation {
+        location: record.path.clone(),
+        detail: format!(
+            "is not the directory of savepoint {} of job {}",
+            record.checkpoint_id, record.job_id
+        ),
+    })
 }
 
 /// The kind tag of a record, written into each encoded file so that a file of one kind

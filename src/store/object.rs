@@ -26,11 +26,9 @@
 use super::codec::{self, RecordKind};
 use super::{
     CompletedCheckpointStore, OwnedStateStore, SavepointRecord, SavepointStore, StoreError,
-    StoreResult, encode_record, parse_savepoint_dir_name, savepoint_dir_name,
+    StoreResult, check_record_path, encode_record, parse_savepoint_dir_name, savepoint_dir_name,
 };
-use crate::coordinator::model::{
-    CheckpointId, CompletedSnapshot, JobId, SavepointTrigger, StateData, StateHandle,
-};
+use crate::coordinator::model::{CheckpointId, CompletedSnapshot, JobId, StateData, StateHandle};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
@@ -536,32 +534,27 @@ impl SavepointStore for BucketStore {
         Ok(std::path::PathBuf::from(join_url(&url.origin, &url.key)))
     }
 
-    async fn write(
+    async fn write_metadata(
         &self,
         target_dir: &str,
         snapshot: &CompletedSnapshot,
-        trigger: SavepointTrigger,
     ) -> StoreResult<String> {
         let path = self.savepoint_path(target_dir, &snapshot.job_id, snapshot.checkpoint_id)?;
         let metadata = self.key_of(&path)?.join(METADATA_OBJECT);
         let bytes = encode_record(RecordKind::Savepoint, snapshot, &path)?;
         self.put(&metadata, bytes, PutMode::Create).await?;
+        Ok(path)
+    }
+
+    async fn index(&self, record: &SavepointRecord) -> StoreResult<()> {
+        check_record_path(record)?;
         let entry = IndexEntry {
-            record: SavepointRecord {
-                job_id: snapshot.job_id.clone(),
-                checkpoint_id: snapshot.checkpoint_id,
-                path: path.clone(),
-                trigger_timestamp_ms: snapshot.trigger_timestamp_ms,
-                completion_timestamp_ms: snapshot.completion_timestamp_ms,
-                state_size_bytes: snapshot.state_size_bytes(),
-                trigger,
-            },
+            record: record.clone(),
             retired: false,
         };
-        let index = self.index_key(&snapshot.job_id, snapshot.checkpoint_id);
+        let index = self.index_key(&record.job_id, record.checkpoint_id);
         self.write_record(RecordKind::SavepointIndex, &index, &entry)
-            .await?;
-        Ok(path)
+            .await
     }
 
     async fn read(&self, path: &str) -> StoreResult<CompletedSnapshot> {
@@ -653,6 +646,7 @@ impl OwnedStateStore for BucketStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coordinator::model::SavepointTrigger;
     use crate::coordinator::model::{SnapshotKind, SubtaskState, VertexState};
     use bytes::Bytes;
     use object_store::memory::InMemory;

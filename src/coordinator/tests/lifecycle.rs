@@ -709,3 +709,46 @@ async fn a_savepoint_cut_short_by_a_restart_leaves_no_files_behind() {
         "the abandoned directory is removed at recovery"
     );
 }
+
+/// A savepoint is complete once its metadata is durable: its caller hears of it before
+/// the index entry is written, and listing the job's savepoints waits for that entry, so
+/// a caller that lists right after its savepoint finds it.
+#[tokio::test(start_paused = true)]
+async fn the_caller_hears_before_the_index_entry_and_listing_waits_for_it() {
+    let memory = Arc::new(MemoryStore::default());
+    let (stores, faults) = crate::store::faults::FaultyStore::wrap(memory.clone());
+    let mut h = Harness::on(stores, Some(memory));
+    h.register(standard_spec(JOB, policy())).await;
+    h.connect();
+    h.register_all(TaskState::Running);
+    h.set_status(JobStatus::Running).await;
+    faults.set(crate::store::faults::FaultPlan {
+        interrupted_indexing: true,
+        ..Default::default()
+    });
+    let started = request(&h, with_request_id("heard-first")).await;
+    ack_savepoint(&h, 1);
+    let finished = tokio::time::timeout(Duration::from_secs(60), started.finished())
+        .await
+        .expect("the caller is answered while the index entry is written")
+        .unwrap();
+    assert!(matches!(
+        finished.outcome,
+        OperationOutcome::Completed { .. }
+    ));
+    assert_eq!(
+        h.stores
+            .savepoints
+            .read(&finished.path)
+            .await
+            .unwrap()
+            .checkpoint_id,
+        CheckpointId(1)
+    );
+    let listing =
+        tokio::time::timeout(Duration::from_secs(60), h.coordinator.list_savepoints(JOB)).await;
+    assert!(
+        listing.is_err(),
+        "listed before its index entry: {listing:?}"
+    );
+}
