@@ -765,10 +765,10 @@ impl Coordinator {
     }
 
     /// Writes a savepoint's Pending record and prepares its directory while its tasks
-    /// take the snapshot, holding `order` until both are durable. The savepoint is stored
-    /// only after that (`complete` waits for `order`): otherwise it could complete while
-    /// its request id is not yet recorded, and after a crash a repeat of the request would
-    /// take a second savepoint. If either fails, the savepoint fails.
+    /// take the snapshot, holding `order` until both are done. The savepoint completes
+    /// and is indexed only after that (`complete` waits for `order`): otherwise it could
+    /// complete while its request id is not yet recorded, and after a crash a repeat of
+    /// the request would take a second savepoint. If either fails, the savepoint fails.
     fn prepare_savepoint(
         &self,
         job: &Arc<Job>,
@@ -888,12 +888,15 @@ impl Coordinator {
     /// If the snapshot was aborted while being stored (timeout, subsumption, shutdown),
     /// whatever was written is removed again: the caller was told it failed.
     ///
-    /// A savepoint is complete once its metadata is durable: its caller hears of it then,
-    /// and the savepoint is indexed after. The job's operation records are written in
-    /// order behind `operation_writes`, which is held from before the metadata until the
-    /// index entry is durable: so the operation is Pending on record before the metadata
-    /// exists and Completed only after the index entry, and whatever a crash leaves in
-    /// between is indexed by `recover_operations`. Listing waits for the index too.
+    /// A savepoint is complete once its metadata and its Pending operation record are
+    /// durable (the two are written at the same time): its caller hears of it then, and
+    /// the savepoint is indexed after. The job's operation records are written in order
+    /// behind `operation_writes`, which this holds from the Pending record until the
+    /// index entry is durable, so the operation is Completed on record only after the
+    /// index entry, and a savepoint a crash leaves between its reply and its index entry
+    /// is indexed by `recover_operations`. Listing waits for the index entry too. A
+    /// crash before the Pending record is durable can leave a directory with metadata
+    /// that no record names and nobody was told of.
     async fn complete(&self, job: Arc<Job>, completing: Completing) {
         let Completing {
             kind,
@@ -905,32 +908,38 @@ impl Coordinator {
         let id = snapshot.checkpoint_id;
         let stores = &self.inner.stores;
         // The trigger holds this lock until the savepoint's Pending record is durable and
-        // its directory exists (`prepare_savepoint`).
-        let operation_order = match kind {
-            SnapshotKind::Savepoint => Some(job.operation_writes.clone().lock_owned().await),
-            SnapshotKind::Checkpoint => None,
-        };
-        // Aborted meanwhile (its Pending record failed, it expired): nothing to store.
-        let still_storing = job.lock().is_storing(id, kind);
-        let stored = match snapshot.check_consistent() {
-            _ if !still_storing => Err(SnapshotFailure::new(
-                FailureReason::Finalize,
-                format!("{kind} {id} ended before it was stored"),
-            )),
-            Err(error) => Err(SnapshotFailure::new(
-                FailureReason::Finalize,
-                format!("finalizing {kind} {id} failed: {error}"),
-            )),
-            Ok(()) => match &target_dir {
-                None => stores.checkpoints.add(&snapshot).await.map(|()| None),
-                Some(target) => stores
-                    .savepoints
-                    .write_metadata(target, &snapshot)
-                    .await
-                    .map(Some),
+        // its directory exists (`prepare_savepoint`). The metadata is written meanwhile:
+        // nobody hears of the savepoint, nor is it indexed, before the record is durable.
+        let operation_order = async {
+            match kind {
+                SnapshotKind::Savepoint => Some(job.operation_writes.clone().lock_owned().await),
+                SnapshotKind::Checkpoint => None,
             }
-            .map_err(|error| store_failure(kind, id, error)),
         };
+        // Aborted meanwhile (it expired, it was declined): nothing to store.
+        let still_storing = job.lock().is_storing(id, kind);
+        let store = async {
+            match snapshot.check_consistent() {
+                _ if !still_storing => Err(SnapshotFailure::new(
+                    FailureReason::Finalize,
+                    format!("{kind} {id} ended before it was stored"),
+                )),
+                Err(error) => Err(SnapshotFailure::new(
+                    FailureReason::Finalize,
+                    format!("finalizing {kind} {id} failed: {error}"),
+                )),
+                Ok(()) => match &target_dir {
+                    None => stores.checkpoints.add(&snapshot).await.map(|()| None),
+                    Some(target) => stores
+                        .savepoints
+                        .write_metadata(target, &snapshot)
+                        .await
+                        .map(Some),
+                }
+                .map_err(|error| store_failure(kind, id, error)),
+            }
+        };
+        let (operation_order, stored) = tokio::join!(operation_order, store);
         let mut effects = Effects::default();
         let mut to_index = None;
         let aborted_meanwhile = {

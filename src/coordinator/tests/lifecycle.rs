@@ -584,9 +584,10 @@ async fn started_with_operations(gated: Arc<GatedOperations>) -> Harness {
 
 /// Found by the crash test: a savepoint that completed and was indexed while its Pending
 /// record was not yet durable made a repeated request after a kill take a second
-/// savepoint. The tasks snapshot while the record is written; storing waits for it.
+/// savepoint. The tasks snapshot and the metadata is written while the record is;
+/// completing and indexing wait for it.
 #[tokio::test(start_paused = true)]
-async fn a_savepoint_is_stored_only_once_its_pending_operation_is_durable() {
+async fn a_savepoint_completes_and_is_indexed_only_once_its_pending_operation_is_durable() {
     let gated = Arc::new(GatedOperations {
         memory: Arc::new(MemoryStore::default()),
         permits: tokio::sync::Semaphore::new(0),
@@ -614,13 +615,18 @@ async fn a_savepoint_is_stored_only_once_its_pending_operation_is_durable() {
         "completed before its Pending record was durable"
     );
     assert!(
-        h.stores.savepoints.read(&path).await.is_err(),
-        "nothing stored yet"
+        h.stores
+            .savepoints
+            .list(&job_id(JOB))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing indexed yet"
     );
     assert!(h.sent().is_empty(), "no task is told of a completion");
 
     gated.permits.add_permits(1_000);
-    let success = result.await.expect("stored once the record is durable");
+    let success = result.await.expect("complete once the record is durable");
     assert_eq!(success.path.as_deref(), Some(path.as_str()));
     assert_eq!(
         h.stores
@@ -642,6 +648,8 @@ async fn a_savepoint_is_stored_only_once_its_pending_operation_is_durable() {
         matches!(stored[0].outcome, OperationOutcome::Completed { .. }),
         "{stored:?}"
     );
+    let listed = h.coordinator.list_savepoints(JOB).await.unwrap();
+    assert_eq!(listed.len(), 1, "indexed after the record: {listed:?}");
 }
 
 #[tokio::test(start_paused = true)]
