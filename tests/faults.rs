@@ -329,15 +329,6 @@ async fn a_server_dying_in_the_middle_of_a_retention_disposal_orphans_nothing() 
         entries(&server.savepoint_dir()),
         vec!["savepoint-retiring-2", "savepoint-retiring-3"]
     );
-    let store = FsStore::open(dir.path().to_path_buf()).expect("open the data directory");
-    assert_eq!(
-        store
-            .resume_disposals(&JobId::new("retiring"))
-            .await
-            .expect("read the index"),
-        0,
-        "no index entry is left marked for disposal"
-    );
     let kept: Vec<(u64, &str)> = listed
         .iter()
         .map(|s| (s.checkpoint_id, s.path.as_str()))
@@ -363,6 +354,16 @@ async fn a_server_dying_in_the_middle_of_a_retention_disposal_orphans_nothing() 
         );
     }
     server.stop().await;
+    // Nothing is left marked for disposal (read once the server is gone).
+    let store = FsStore::open(dir.path().to_path_buf()).expect("open the data directory");
+    assert_eq!(
+        store
+            .resume_disposals(&JobId::new("retiring"))
+            .await
+            .expect("read the index"),
+        0,
+        "no index entry is left marked for disposal"
+    );
 }
 
 /// Polls the job's savepoint list until it holds exactly `ids` (newest first).

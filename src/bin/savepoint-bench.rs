@@ -5,8 +5,8 @@
 //! simulated task managers on the real `TaskGateway.Connect` stream. The only thing added
 //! to the server is a thin timing layer around the checkpoint and savepoint stores: it
 //! notes when a fully acknowledged snapshot's metadata write starts (every task has
-//! acknowledged and, for a savepoint, its Pending record and directory are durable) and
-//! when it is durable. The simulated task managers note when they sent the last ack.
+//! acknowledged; a savepoint's Pending record may still be in flight) and when it is
+//! durable. The simulated task managers note when they sent the last ack.
 //!
 //! In the same run it measures the references the targets are relative to: a bare tonic
 //! server carrying the same acknowledgement messages over the same kind of stream, and a
@@ -578,8 +578,8 @@ struct SavepointFigures {
     tasks: u32,
     /// Trigger -> the last acknowledgement handed to a stream by a task manager.
     to_last_ack: Samples,
-    /// Trigger -> the metadata write starts: all acknowledged, and the Pending record
-    /// and the directory written while the tasks snapshot are durable.
+    /// Trigger -> the metadata write starts: all acknowledged (written while the Pending
+    /// record is; the reply waits for both).
     to_write: Samples,
     to_durable: Samples,
     completion: Samples,
@@ -1343,7 +1343,7 @@ fn report_savepoints(table: &mut Table, figures: &SavepointFigures) {
         ms(figures.to_last_ack.p50()),
     );
     table.add(
-        format!("savepoint of {tasks} tasks: trigger -> all acked and recorded p50"),
+        format!("savepoint of {tasks} tasks: trigger -> all acked, metadata write starts p50"),
         ms(figures.to_write.p50()),
     );
     if tasks == 16 {

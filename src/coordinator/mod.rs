@@ -154,9 +154,13 @@ struct Job {
     /// Serialises savepoint requests, so a repeated request id never starts a second one.
     savepoint_requests: tokio::sync::Mutex<()>,
     /// Orders writes of operation records (a Pending record never lands after its final
-    /// one). Held from a savepoint's trigger until its Pending record and directory are
-    /// durable, so storing the savepoint and a detached caller's answer wait for it.
+    /// one). Held from a savepoint's trigger until its Pending record is durable and its
+    /// directory exists, so completing the savepoint and a detached caller's answer wait
+    /// for it.
     operation_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Held by a completing savepoint from before its caller is answered until its index
+    /// entry is written, so that listing (and disposal) after the answer finds it.
+    savepoint_indexing: Arc<tokio::sync::Mutex<()>>,
     /// Bumped whenever an operation record changes; waiters watch it.
     operations_changed: watch::Sender<u64>,
     /// One retention pass at a time.
@@ -308,6 +312,7 @@ impl Coordinator {
             wakeup: Notify::new(),
             savepoint_requests: tokio::sync::Mutex::new(()),
             operation_writes: Arc::new(tokio::sync::Mutex::new(())),
+            savepoint_indexing: Arc::new(tokio::sync::Mutex::new(())),
             operations_changed: watch::Sender::new(0),
             retention: tokio::sync::Mutex::new(()),
             undelivered: AtomicU64::new(0),
@@ -336,23 +341,15 @@ impl Coordinator {
         for record in records {
             let job = self.new_job(record.spec, record.status, record.fencing_token);
             let checkpoints = self.inner.stores.checkpoints.load_all(&job.id).await;
-            let disposals_finished = match self
-                .inner
-                .stores
-                .savepoints
-                .resume_disposals(&job.id)
-                .await
-            {
-                Ok(0) => true,
+            match self.inner.stores.savepoints.resume_disposals(&job.id).await {
+                Ok(0) => {}
                 Ok(resumed) => {
-                    tracing::info!(job_id = %job.id, resumed, "finished interrupted savepoint disposals");
-                    true
+                    tracing::info!(job_id = %job.id, resumed, "finished interrupted savepoint disposals")
                 }
                 Err(error) => {
-                    tracing::warn!(job_id = %job.id, "finishing interrupted savepoint disposals failed: {error}");
-                    false
+                    tracing::warn!(job_id = %job.id, "finishing interrupted savepoint disposals failed: {error}")
                 }
-            };
+            }
             let savepoints = self.inner.stores.savepoints.list(&job.id).await;
             // Knowing where this run's IDs begin tells late acks of the last run apart
             // from acks of IDs not issued yet (see `AckDecision::UnknownCheckpoint`).
@@ -415,7 +412,7 @@ impl Coordinator {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(job.id.clone(), job.clone());
             self.carry_out(&job, effects);
-            self.recover_operations(&job, disposals_finished).await;
+            self.recover_operations(&job).await;
             self.start_savepoint_scheduler(&job);
             if job.spec.savepoint_policy.retires() {
                 self.apply_retention(&job).await;
@@ -890,13 +887,12 @@ impl Coordinator {
     ///
     /// A savepoint is complete once its metadata and its Pending operation record are
     /// durable (the two are written at the same time): its caller hears of it then, and
-    /// the savepoint is indexed after. The job's operation records are written in order
-    /// behind `operation_writes`, which this holds from the Pending record until the
-    /// index entry is durable, so the operation is Completed on record only after the
-    /// index entry, and a savepoint a crash leaves between its reply and its index entry
-    /// is indexed by `recover_operations`. Listing waits for the index entry too. A
-    /// crash before the Pending record is durable can leave a directory with metadata
-    /// that no record names and nobody was told of.
+    /// the savepoint is indexed after, before its Completed record is written (the
+    /// operation stays Pending on record if indexing fails). A savepoint a crash leaves
+    /// between its answer and its index entry is indexed by `recover_operations`, from
+    /// its Pending record and its metadata. Listing waits for the index entry
+    /// (`savepoint_indexing`). A crash before the Pending record is durable can leave a
+    /// directory with metadata that no record names and nobody was told of.
     async fn complete(&self, job: Arc<Job>, completing: Completing) {
         let Completing {
             kind,
@@ -910,10 +906,9 @@ impl Coordinator {
         // The trigger holds this lock until the savepoint's Pending record is durable and
         // its directory exists (`prepare_savepoint`). The metadata is written meanwhile:
         // nobody hears of the savepoint, nor is it indexed, before the record is durable.
-        let operation_order = async {
-            match kind {
-                SnapshotKind::Savepoint => Some(job.operation_writes.clone().lock_owned().await),
-                SnapshotKind::Checkpoint => None,
+        let recorded = async {
+            if kind == SnapshotKind::Savepoint {
+                drop(job.operation_writes.lock().await);
             }
         };
         // Aborted meanwhile (it expired, it was declined): nothing to store.
@@ -939,7 +934,7 @@ impl Coordinator {
                 .map_err(|error| store_failure(kind, id, error)),
             }
         };
-        let (operation_order, stored) = tokio::join!(operation_order, store);
+        let ((), stored) = tokio::join!(recorded, store);
         let mut effects = Effects::default();
         let mut to_index = None;
         let aborted_meanwhile = {
@@ -982,11 +977,24 @@ impl Coordinator {
         let retire = kind == SnapshotKind::Savepoint
             && aborted_meanwhile.is_none()
             && job.spec.savepoint_policy.retires();
-        self.carry_out(&job, effects);
-        if let Some(record) = to_index {
-            self.index_savepoint(&record).await;
+        match to_index {
+            None => self.carry_out(&job, effects),
+            Some(record) => {
+                let indexing = job.savepoint_indexing.clone().lock_owned().await;
+                let operations = std::mem::take(&mut effects.operations);
+                let forgotten = std::mem::take(&mut effects.forgotten_operations);
+                // The caller hears of it now (the operation is Completed in memory).
+                job.operations_changed.send_modify(|n| *n += 1);
+                self.carry_out(&job, effects);
+                let indexed = self.index_savepoint(&record).await;
+                let operations = operations
+                    .into_iter()
+                    .filter(|o| indexed || o.checkpoint_id != id)
+                    .collect();
+                self.persist_operations(&job, operations, forgotten);
+                drop(indexing);
+            }
         }
-        drop(operation_order);
         if retire {
             self.apply_retention(&job).await;
         }
@@ -1016,12 +1024,13 @@ impl Coordinator {
 
     /// Adds a completed savepoint to its job's index, trying a few times: its caller
     /// already knows it as complete. If the store keeps refusing, the savepoint stays
-    /// restorable from its path and is indexed by the next recovery.
-    async fn index_savepoint(&self, record: &SavepointRecord) {
+    /// restorable from its path, its operation stays Pending on record, and the next
+    /// recovery indexes it. Whether it was indexed.
+    async fn index_savepoint(&self, record: &SavepointRecord) -> bool {
         const ATTEMPTS: u32 = 3;
         for attempt in 1..=ATTEMPTS {
             match self.inner.stores.savepoints.index(record).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(error) if attempt == ATTEMPTS => tracing::error!(
                     job_id = %record.job_id,
                     checkpoint_id = %record.checkpoint_id,
@@ -1034,6 +1043,7 @@ impl Coordinator {
                 }
             }
         }
+        false
     }
 
     /// Takes a decline: aborts the snapshot with the task's reason. Returns whether a

@@ -187,7 +187,7 @@ impl Coordinator {
     /// still being written (their callers may have heard of them).
     pub async fn list_savepoints(&self, job_id: &str) -> Result<Vec<SavepointRecord>, CoreError> {
         let job = self.job(job_id)?;
-        drop(job.operation_writes.lock().await);
+        drop(job.savepoint_indexing.lock().await);
         let mut records = self.inner.stores.savepoints.list(&job.id).await?;
         records.reverse();
         Ok(records)
@@ -206,7 +206,7 @@ impl Coordinator {
             .and_then(parse_savepoint_dir_name)
             .and_then(|(job, _)| self.job(job.as_str()).ok());
         if let Some(job) = owner {
-            drop(job.operation_writes.lock().await);
+            drop(job.savepoint_indexing.lock().await);
         }
         let existed = self.inner.stores.savepoints.dispose(path).await?;
         tracing::info!(path, existed, "savepoint disposed");
@@ -277,15 +277,14 @@ impl Coordinator {
         }
     }
 
-    /// Loads the job's operation records after a restart. A savepoint whose operation
-    /// is on record (pending, or completed) and whose metadata is durable is complete: it
-    /// is indexed if a crash came before its index entry (see `Coordinator::complete`),
-    /// unless the job's interrupted disposals could not be finished
-    /// (`disposals_finished`), as it may be one being disposed of. An operation that was pending completed if its savepoint is
-    /// complete, and failed otherwise (its snapshot died with the server); whatever that
+    /// Loads the job's operation records after a restart. An operation that was pending
+    /// completed if its savepoint is indexed or its metadata is durable (a crash came
+    /// between its answer and its index entry, see `Coordinator::complete`; it is indexed
+    /// now), and failed otherwise (its snapshot died with the server); whatever that
     /// failed savepoint left in its directory is deleted, since nobody was told of it
-    /// and nothing lists it.
-    pub(super) async fn recover_operations(&self, job: &Arc<Job>, disposals_finished: bool) {
+    /// and nothing lists it. One whose metadata cannot be read stays pending, to be
+    /// resolved by the next recovery.
+    pub(super) async fn recover_operations(&self, job: &Arc<Job>) {
         let stores = &self.inner.stores;
         let operations = match stores.operations.load_all(&job.id).await {
             Ok(operations) => operations,
@@ -301,23 +300,20 @@ impl Coordinator {
                 None
             }
         };
-        let mut unreadable = std::collections::HashMap::new();
-        if let Some(savepoints) = &mut savepoints
-            && disposals_finished
-        {
-            for operation in &operations {
-                if matches!(operation.outcome, OperationOutcome::Failed { .. })
-                    || savepoints
-                        .iter()
-                        .any(|s| s.checkpoint_id == operation.checkpoint_id)
+        let mut unreadable = std::collections::HashSet::new();
+        if let Some(savepoints) = &mut savepoints {
+            for operation in operations.iter().filter(|o| o.is_pending()) {
+                if savepoints
+                    .iter()
+                    .any(|s| s.checkpoint_id == operation.checkpoint_id)
                 {
                     continue;
                 }
                 match self.index_unindexed(job, operation).await {
                     Ok(Some(record)) => savepoints.push(record),
                     Ok(None) => {}
-                    Err(error) => {
-                        unreadable.insert(operation.checkpoint_id, error);
+                    Err(_) => {
+                        unreadable.insert(operation.checkpoint_id);
                     }
                 }
             }
@@ -333,6 +329,7 @@ impl Coordinator {
                 let mut changed = false;
                 if operation.is_pending()
                     && let Some(savepoints) = &savepoints
+                    && !unreadable.contains(&operation.checkpoint_id)
                 {
                     changed = true;
                     let id = operation.checkpoint_id;
@@ -345,21 +342,12 @@ impl Coordinator {
                             }
                         }
                         None => {
-                            let message = match unreadable.get(&id) {
-                                // Kept: it may be a savepoint whose caller heard of it.
-                                Some(error) => format!(
-                                    "the server stopped while the savepoint was stored, and its metadata is unreadable: {error}"
-                                ),
-                                None => {
-                                    abandoned.push(operation.path.clone());
-                                    "the server stopped before the savepoint completed".to_string()
-                                }
-                            };
+                            abandoned.push(operation.path.clone());
                             OperationOutcome::Failed {
                                 completion_timestamp_ms: now_ms,
                                 failure: SnapshotFailure::new(
                                     FailureReason::CoordinatorShutDown,
-                                    message,
+                                    "the server stopped before the savepoint completed",
                                 ),
                             }
                         }
@@ -385,9 +373,11 @@ impl Coordinator {
         }
     }
 
-    /// Indexes the savepoint of `operation` if its metadata is durable (a crash came
-    /// before its index entry) and returns its record; None if it has no metadata (it
-    /// never completed, or it was disposed of); an error if the metadata is unreadable.
+    /// Indexes the savepoint of pending `operation` if its metadata is durable (a crash
+    /// came before its index entry) and returns its record; None if it has no metadata
+    /// (it never completed); an error if the metadata is unreadable (it is kept). A
+    /// savepoint whose disposal a crash cut short before its metadata was deleted is
+    /// complete too, and indexed again: that disposal never took place.
     async fn index_unindexed(
         &self,
         job: &Job,
@@ -397,7 +387,7 @@ impl Coordinator {
             Ok(snapshot) => snapshot,
             Err(StoreError::NotFound { .. }) => return Ok(None),
             Err(error) => {
-                tracing::error!(job_id = %job.id, path = operation.path, "the metadata of a savepoint with an operation on record is unreadable; it is kept: {error}");
+                tracing::error!(job_id = %job.id, path = operation.path, "the metadata of a savepoint with a pending operation is unreadable; both are kept for the next recovery: {error}");
                 return Err(error);
             }
         };

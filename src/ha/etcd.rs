@@ -35,6 +35,9 @@ pub use pb::mvccpb::KeyValue;
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long connecting to one member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a call waits, at most, for the members to elect a new etcd leader when every
+/// member answered that there is none (a few election timeouts of etcd's default 1 s).
+const LEADER_ELECTION_WAIT: Duration = Duration::from_secs(3);
 /// Keys read per range request when reading a prefix: a prefix of any size is read in
 /// pages, so no answer comes near the message size limit below.
 const RANGE_PAGE: i64 = 256;
@@ -48,9 +51,9 @@ pub enum EtcdError {
     InvalidEndpoint { endpoint: String, detail: String },
     #[error("no etcd endpoints configured")]
     NoEndpoints,
-    /// Every member was tried and none answered the call.
-    #[error("etcd is unreachable ({endpoints}): {last}")]
-    Unreachable { endpoints: String, last: String },
+    /// Every member was tried and none answered the call; `answers` says what each did.
+    #[error("etcd is unreachable ({endpoints}): {answers}")]
+    Unreachable { endpoints: String, answers: String },
     /// A member answered with an error that retrying elsewhere would not fix.
     #[error("etcd refused the call: {0}")]
     Refused(String),
@@ -67,6 +70,8 @@ pub struct EtcdClient {
     current: Arc<AtomicUsize>,
     /// How long one member may take to answer before the next one is tried.
     call_timeout: Duration,
+    /// How long a call goes on trying while the members have no etcd leader.
+    leader_election_wait: Duration,
 }
 
 #[derive(Clone)]
@@ -118,6 +123,7 @@ impl EtcdClient {
             members: members.into(),
             current: Arc::new(AtomicUsize::new(0)),
             call_timeout: CALL_TIMEOUT,
+            leader_election_wait: LEADER_ELECTION_WAIT,
         })
     }
 
@@ -127,6 +133,7 @@ impl EtcdClient {
     pub fn with_call_timeout(&self, timeout: Duration) -> EtcdClient {
         EtcdClient {
             call_timeout: timeout,
+            leader_election_wait: timeout,
             ..self.clone()
         }
     }
@@ -142,14 +149,40 @@ impl EtcdClient {
 
     /// Runs `call` on one member after the other, starting with the one that answered
     /// last, until one answers; errors that another member would answer the same way
-    /// (a failed compare is not an error at all) end the attempt at once.
+    /// (a failed compare is not an error at all) end the attempt at once. While the
+    /// members answer that they have no leader (one was lost), it tries again for up
+    /// to `leader_election_wait`.
     async fn on_any_member<T, F, Fut>(&self, call: F) -> Result<T, EtcdError>
     where
         F: Fn(Member) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        let deadline = tokio::time::Instant::now() + self.leader_election_wait;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.on_each_member_once(&call).await {
+                Err(EtcdError::Unreachable { answers, .. })
+                    if (answers.contains("leader changed") || answers.contains("no leader"))
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!("etcd has no leader ({answers}); trying again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// One round of [`EtcdClient::on_any_member`]: each member once.
+    async fn on_each_member_once<T, F, Fut>(&self, call: &F) -> Result<T, EtcdError>
+    where
+        F: Fn(Member) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
         let start = self.current.load(Ordering::Relaxed);
-        let mut last = String::new();
+        // What each member answered, for the error and for `on_any_member`.
+        let mut faults = Vec::new();
         for offset in 0..self.members.len() {
             let index = (start + offset) % self.members.len();
             let member = self.members[index].clone();
@@ -160,7 +193,7 @@ impl EtcdClient {
                     return Ok(answer);
                 }
                 Ok(Err(status)) if is_member_fault(&status) => {
-                    last = format!("{endpoint}: {}", status.message());
+                    faults.push(format!("{endpoint}: {}", status.message()));
                 }
                 Ok(Err(status)) => {
                     if status.message().contains("requested lease not found") {
@@ -172,12 +205,15 @@ impl EtcdClient {
                         status.message()
                     )));
                 }
-                Err(_) => last = format!("{endpoint}: no answer within {:?}", self.call_timeout),
+                Err(_) => faults.push(format!(
+                    "{endpoint}: no answer within {:?}",
+                    self.call_timeout
+                )),
             }
         }
         Err(EtcdError::Unreachable {
             endpoints: self.endpoints(),
-            last,
+            answers: faults.join("; "),
         })
     }
 

@@ -142,7 +142,11 @@ impl Inner {
         let jobs_dir = self.root.join("jobs");
         let jobs = fs::read_dir(&jobs_dir)
             .map_err(|e| StoreError::io("listing", jobs_dir.display(), e))?;
-        for job_dir in jobs.flatten().map(|entry| entry.path()) {
+        let job_dirs = jobs
+            .flatten()
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|entry| entry.path());
+        for job_dir in job_dirs {
             let Some(job) = job_dir.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
@@ -762,7 +766,8 @@ fn dispose_savepoint(
     id: CheckpointId,
     dir: &Path,
 ) -> StoreResult<bool> {
-    let mut existed = retire_savepoint(inner, job, id)?;
+    let indexed = retire_savepoint(inner, job, id)?;
+    let mut existed = indexed;
     let metadata = dir.join(METADATA_FILE);
     existed |= metadata.exists();
     remove_file_if_exists(&metadata)?;
@@ -774,11 +779,13 @@ fn dispose_savepoint(
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::io("removing", dir.display(), e)),
     }
-    inner.logs.append::<IndexEntry>(
-        &inner.savepoint_index(job),
-        RecordKind::SavepointIndexLog,
-        &LogEntry::Remove(index_key(id)),
-    )?;
+    if indexed {
+        inner.logs.append::<IndexEntry>(
+            &inner.savepoint_index(job),
+            RecordKind::SavepointIndexLog,
+            &LogEntry::Remove(index_key(id)),
+        )?;
+    }
     Ok(existed)
 }
 

@@ -760,3 +760,47 @@ async fn the_caller_hears_before_the_index_entry_and_listing_waits_for_it() {
         "listed before its index entry: {listing:?}"
     );
 }
+
+/// A pending operation whose savepoint's metadata cannot be read at recovery may be one
+/// whose caller heard of it: it stays pending and its files stay, for the next recovery.
+#[tokio::test]
+async fn a_pending_savepoint_with_unreadable_metadata_is_kept_at_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("savepoints");
+    std::fs::create_dir_all(&target).unwrap();
+    let stores = Stores::filesystem(dir.path().join("data")).unwrap();
+    let mut h = Harness::on(stores.clone(), None);
+    h.register(standard_spec(JOB, policy())).await;
+    h.connect();
+    h.register_all(TaskState::Running);
+    h.set_status(JobStatus::Running).await;
+    let started = h
+        .coordinator
+        .savepoint(
+            JOB,
+            SavepointRequest {
+                request_id: Some("garbled".to_string()),
+                ..SavepointRequest::manual(Some(target.to_str().unwrap().to_string()))
+            },
+        )
+        .await
+        .unwrap();
+    started.recorded().await.unwrap();
+    let metadata = std::path::Path::new(&started.operation.path).join("_metadata");
+    std::fs::create_dir_all(metadata.parent().unwrap()).unwrap();
+    std::fs::write(&metadata, b"SPCM but not a record").unwrap();
+
+    let restarted = Harness::on(stores, None);
+    restarted.coordinator.recover().await.unwrap();
+    let operation = restarted.coordinator.operation(JOB, "garbled").unwrap();
+    assert_eq!(operation.outcome, OperationOutcome::Pending);
+    assert!(metadata.is_file(), "nothing is deleted");
+    assert!(
+        restarted
+            .coordinator
+            .list_savepoints(JOB)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -56,6 +56,10 @@ struct LogState {
     len: u64,
     entries: u64,
     live: HashSet<String>,
+    /// Dead entries tolerated beyond [`COMPACTION_SLACK`] after rewrites that failed.
+    compaction_deferred: u64,
+    /// The file was created here and its directory entry is not yet known durable.
+    unsynced_dir: bool,
 }
 
 impl LogState {
@@ -68,7 +72,7 @@ impl LogState {
     }
 
     fn wants_compaction(&self) -> bool {
-        self.entries > 2 * self.live.len() as u64 + COMPACTION_SLACK
+        self.entries > 2 * self.live.len() as u64 + COMPACTION_SLACK + self.compaction_deferred
     }
 }
 
@@ -117,8 +121,8 @@ impl RecordLogs {
         let log = self.log(path);
         let mut guard = lock(&log);
         let state = current::<T>(path, kind, &mut guard)?;
-        let created = state.len == 0 && !path.exists();
-        if created {
+        if state.len == 0 && !path.exists() {
+            state.unsynced_dir = true;
             let dir = path.parent().expect("logs live in a directory");
             if !dir.exists() {
                 fs::create_dir_all(dir)
@@ -143,13 +147,20 @@ impl RecordLogs {
             *guard = None;
             return Err(StoreError::io("appending to", path.display(), e));
         }
-        if created {
-            sync_parent(path)?;
-        }
         state.len += bytes.len() as u64;
         state.apply_key(entry);
+        if state.unsynced_dir {
+            sync_parent(path)?;
+            state.unsynced_dir = false;
+        }
         if state.wants_compaction() {
-            compact::<T>(path, kind, &mut guard)?;
+            // The entry is durable: a rewrite that fails only leaves the log longer.
+            if let Err(error) = compact::<T>(path, kind, &mut guard) {
+                tracing::warn!(path = %path.display(), "rewriting a log without its dead entries failed, trying again later: {error}");
+                if let Some(state) = guard.as_mut() {
+                    state.compaction_deferred += COMPACTION_SLACK;
+                }
+            }
         }
         Ok(())
     }
@@ -194,6 +205,8 @@ fn state_of<T: Keyed>(read: &ReadLog<T>) -> LogState {
         len: read.valid_len,
         entries: read.entries,
         live: read.records.keys().cloned().collect(),
+        compaction_deferred: 0,
+        unsynced_dir: false,
     }
 }
 
@@ -237,37 +250,52 @@ fn read_log<T: DeserializeOwned + Keyed>(path: &Path, kind: RecordKind) -> Store
     let mut offset = 0usize;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
-        let damage = match codec::record_len(rest).map(usize::try_from) {
-            Some(Ok(len)) if len <= rest.len() => {
-                match codec::decode::<LogEntry<T>>(kind, &rest[..len]) {
-                    Ok(entry) => {
-                        read.apply(entry);
-                        offset += len;
-                        read.valid_len = offset as u64;
-                        continue;
-                    }
-                    // The last entry, damaged: a torn append.
-                    Err(_) if len == rest.len() => None,
-                    Err(e) => Some(format!("entry at byte {offset}: {e}")),
-                }
+        let error = match entry_at::<T>(kind, rest) {
+            Ok((len, entry)) => {
+                read.apply(entry);
+                offset += len;
+                read.valid_len = offset as u64;
+                continue;
             }
-            // An entry that runs past the end of the file: a torn append.
-            Some(_) => None,
-            // No header here: a torn append (part of a header, or a length extended
-            // before its data reached the disk) unless intact entries follow.
-            None if rest.len() < codec::HEADER_LEN || rest.iter().all(|&b| b == 0) => None,
-            None => codec::find_record_start(&rest[1..])
-                .map(|_| format!("no entry starts at byte {offset}, but entries follow")),
+            Err(error) => error,
         };
-        if let Some(detail) = damage {
+        // A torn append is the last thing in the file: damage with an intact entry after
+        // it is not one.
+        if intact_entry_in::<T>(kind, &rest[1..]) {
             return Err(StoreError::Corrupted {
                 path: path.display().to_string(),
-                detail,
+                detail: format!("entry at byte {offset}: {error}, and intact entries follow"),
             });
         }
         break;
     }
     Ok(read)
+}
+
+/// The entry at the start of `bytes` and its length.
+fn entry_at<T: DeserializeOwned>(
+    kind: RecordKind,
+    bytes: &[u8],
+) -> Result<(usize, LogEntry<T>), String> {
+    let len = codec::record_len(bytes)
+        .ok_or("no entry starts here")?
+        .try_into()
+        .map_err(|_| "its length does not fit in memory")?;
+    let whole = bytes.get(..len).ok_or("it runs past the end of the file")?;
+    let entry = codec::decode(kind, whole).map_err(|e| e.to_string())?;
+    Ok((len, entry))
+}
+
+/// Whether an intact entry starts anywhere in `bytes`.
+fn intact_entry_in<T: DeserializeOwned>(kind: RecordKind, bytes: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(at) = codec::find_record_start(&bytes[from..]) {
+        if entry_at::<T>(kind, &bytes[from + at..]).is_ok() {
+            return true;
+        }
+        from += at + 1;
+    }
+    false
 }
 
 /// Rewrites the log with one `Put` per live record.
@@ -410,7 +438,7 @@ mod tests {
         put(&logs, &path, "c", 3);
         let mut bytes = fs::read(&path).unwrap();
         let first = codec::record_len(&bytes).unwrap() as usize;
-        for (at, what) in [(first - 1, "payload"), (1, "magic")] {
+        for (at, what) in [(first - 1, "payload"), (1, "magic"), (9, "length")] {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x40;
             fs::write(&path, &damaged).unwrap();
