@@ -679,12 +679,16 @@ async fn a_savepoint_whose_operation_cannot_be_recorded_fails_and_stores_nothing
     h.assert_failed_savepoint_left_nothing(&path).await;
 }
 
-#[tokio::test]
-async fn a_savepoint_cut_short_by_a_restart_leaves_no_files_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("savepoints");
+/// The standard job, running, on the filesystem store under `dir`, with a savepoint
+/// `request_id` triggered and its operation recorded (its tasks have not acked): the
+/// stores, and the operation as a detached caller was told of it.
+async fn recorded_on_filesystem(
+    dir: &std::path::Path,
+    request_id: &str,
+) -> (Stores, SavepointOperation) {
+    let target = dir.join("savepoints");
     std::fs::create_dir_all(&target).unwrap();
-    let stores = Stores::filesystem(dir.path().join("data")).unwrap();
+    let stores = Stores::filesystem(dir.join("data")).unwrap();
     let mut h = Harness::on(stores.clone(), None);
     h.register(standard_spec(JOB, policy())).await;
     h.connect();
@@ -695,16 +699,22 @@ async fn a_savepoint_cut_short_by_a_restart_leaves_no_files_behind() {
         .savepoint(
             JOB,
             SavepointRequest {
-                request_id: Some("cut-short".to_string()),
+                request_id: Some(request_id.to_string()),
                 ..SavepointRequest::manual(Some(target.to_str().unwrap().to_string()))
             },
         )
         .await
         .unwrap();
+    (stores, started.recorded().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_savepoint_cut_short_by_a_restart_leaves_no_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
     // The server dies once the operation is recorded (what a detached caller was told).
-    started.recorded().await.unwrap();
+    let (stores, operation) = recorded_on_filesystem(dir.path(), "cut-short").await;
     // A task already wrote its state into the savepoint directory when the server died.
-    let path = std::path::PathBuf::from(&started.operation.path);
+    let path = std::path::PathBuf::from(&operation.path);
     std::fs::create_dir_all(&path).unwrap();
     std::fs::write(path.join("state-11"), b"partial").unwrap();
 
@@ -766,27 +776,8 @@ async fn the_caller_hears_before_the_index_entry_and_listing_waits_for_it() {
 #[tokio::test]
 async fn a_pending_savepoint_with_unreadable_metadata_is_kept_at_recovery() {
     let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("savepoints");
-    std::fs::create_dir_all(&target).unwrap();
-    let stores = Stores::filesystem(dir.path().join("data")).unwrap();
-    let mut h = Harness::on(stores.clone(), None);
-    h.register(standard_spec(JOB, policy())).await;
-    h.connect();
-    h.register_all(TaskState::Running);
-    h.set_status(JobStatus::Running).await;
-    let started = h
-        .coordinator
-        .savepoint(
-            JOB,
-            SavepointRequest {
-                request_id: Some("garbled".to_string()),
-                ..SavepointRequest::manual(Some(target.to_str().unwrap().to_string()))
-            },
-        )
-        .await
-        .unwrap();
-    started.recorded().await.unwrap();
-    let metadata = std::path::Path::new(&started.operation.path).join("_metadata");
+    let (stores, operation) = recorded_on_filesystem(dir.path(), "garbled").await;
+    let metadata = std::path::Path::new(&operation.path).join("_metadata");
     std::fs::create_dir_all(metadata.parent().unwrap()).unwrap();
     std::fs::write(&metadata, b"SPCM but not a record").unwrap();
 
