@@ -503,7 +503,9 @@ async fn checkpoints_and_savepoints_a_deposed_leader_writes_never_count() {
         .await
         .fence(key);
 
-    // a's late checkpoint and savepoint fail, and leave nothing in the bucket.
+    // a's late checkpoint and savepoint fail and are not listed. The checkpoint's object
+    // is taken back; the savepoint's metadata stays, since b may already have indexed it
+    // from its operation record (recovery decides: `Coordinator::recover_operations`).
     let late = checkpoints_a
         .add(&completed("j", 3, SnapshotKind::Checkpoint))
         .await;
@@ -533,7 +535,15 @@ async fn checkpoints_and_savepoints_a_deposed_leader_writes_never_count() {
         .iter()
         .map(|r| r.checkpoint_id.0)
         .collect();
-    assert_eq!(bucket_index, [2], "the refused savepoint was taken back");
+    assert_eq!(bucket_index, [2], "the refused savepoint is not indexed");
+    assert_eq!(
+        SavepointStore::read(bucket.as_ref(), "mem://bucket/p/savepoints/savepoint-j-4")
+            .await
+            .unwrap()
+            .checkpoint_id,
+        CheckpointId(4),
+        "its metadata stays for the successor's recovery"
+    );
 
     // b sees exactly what a wrote while it led.
     let store_b = EtcdStore::new(cluster.client(), "/pointers", fence_b);
