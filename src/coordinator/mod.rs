@@ -272,6 +272,12 @@ impl Coordinator {
         }
     }
 
+    /// Whether `job` is still the registered job of its id and not shut down.
+    fn is_registered(&self, job: &Arc<Job>) -> bool {
+        let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+        jobs.get(&job.id).is_some_and(|j| Arc::ptr_eq(j, job)) && !job.lock().shut_down
+    }
+
     /// The error for a job whose record could not be read at recovery, if it is one.
     fn unreadable(&self, job_id: &str) -> Option<CoreError> {
         let unreadable = self
@@ -935,6 +941,14 @@ impl Coordinator {
             }
         };
         let ((), stored) = tokio::join!(recorded, store);
+        // Taken before the savepoint shows as completed anywhere (also while a stop's
+        // FINISHED status is written below), released once it is indexed.
+        let indexing = match (kind, &stored) {
+            (SnapshotKind::Savepoint, Ok(_)) => {
+                Some(job.savepoint_indexing.clone().lock_owned().await)
+            }
+            _ => None,
+        };
         let mut effects = Effects::default();
         let mut to_index = None;
         let aborted_meanwhile = {
@@ -980,21 +994,26 @@ impl Coordinator {
         match to_index {
             None => self.carry_out(&job, effects),
             Some(record) => {
-                let indexing = job.savepoint_indexing.clone().lock_owned().await;
-                let operations = std::mem::take(&mut effects.operations);
+                let (completed, operations): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut effects.operations)
+                        .into_iter()
+                        .partition(|o| o.checkpoint_id == id);
                 let forgotten = std::mem::take(&mut effects.forgotten_operations);
                 // The caller hears of it now (the operation is Completed in memory).
                 job.operations_changed.send_modify(|n| *n += 1);
                 self.carry_out(&job, effects);
-                let indexed = self.index_savepoint(&record).await;
-                let operations = operations
-                    .into_iter()
-                    .filter(|o| indexed || o.checkpoint_id != id)
-                    .collect();
                 self.persist_operations(&job, operations, forgotten);
-                drop(indexing);
+                if self.index_savepoint(&record).await {
+                    self.persist_operations(&job, completed, Vec::new());
+                } else {
+                    // Its operation stays Pending on record until it is indexed.
+                    for operation in completed {
+                        self.resolve_later(&job, operation);
+                    }
+                }
             }
         }
+        drop(indexing);
         if retire {
             self.apply_retention(&job).await;
         }
@@ -1024,8 +1043,9 @@ impl Coordinator {
 
     /// Adds a completed savepoint to its job's index, trying a few times: its caller
     /// already knows it as complete. If the store keeps refusing, the savepoint stays
-    /// restorable from its path, its operation stays Pending on record, and the next
-    /// recovery indexes it. Whether it was indexed.
+    /// restorable from its path, its operation stays Pending on record, and it is tried
+    /// again in the background (`resolve_later`) and by the next recovery. Whether it
+    /// was indexed.
     async fn index_savepoint(&self, record: &SavepointRecord) -> bool {
         const ATTEMPTS: u32 = 3;
         for attempt in 1..=ATTEMPTS {
@@ -1035,7 +1055,7 @@ impl Coordinator {
                     job_id = %record.job_id,
                     checkpoint_id = %record.checkpoint_id,
                     path = record.path,
-                    "the savepoint is complete but indexing it failed; it is restorable from its path and will be listed after the next recovery: {error}"
+                    "the savepoint is complete but indexing it failed; it is restorable from its path and indexing is tried again later: {error}"
                 ),
                 Err(error) => {
                     tracing::warn!(job_id = %record.job_id, checkpoint_id = %record.checkpoint_id, attempt, "indexing a savepoint failed, trying again: {error}");

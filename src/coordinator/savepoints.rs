@@ -71,6 +71,21 @@ impl SavepointStarted {
     }
 }
 
+/// How often the savepoint of an operation that could not be resolved is looked at again.
+const RESOLVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What became of a pending operation's savepoint that the index did not list.
+enum SavepointFound {
+    /// Its metadata is durable and it is indexed now (or it was listed all along).
+    Indexed(SavepointRecord),
+    /// No metadata: it never completed.
+    Missing,
+    /// Metadata that does not decode or is another savepoint's: kept, the operation fails.
+    Damaged(StoreError),
+    /// The store did not answer (reading or indexing failed): tried again later.
+    Unresolved,
+}
+
 /// Distinguishes operation ids the server picks within one millisecond.
 static OPERATION_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
@@ -282,8 +297,8 @@ impl Coordinator {
     /// between its answer and its index entry, see `Coordinator::complete`; it is indexed
     /// now), and failed otherwise (its snapshot died with the server); whatever that
     /// failed savepoint left in its directory is deleted, since nobody was told of it
-    /// and nothing lists it. One whose metadata cannot be read stays pending, to be
-    /// resolved by the next recovery.
+    /// and nothing lists it, unless it holds metadata that cannot be decoded. One the
+    /// store cannot answer for now stays pending and is tried again in the background.
     pub(super) async fn recover_operations(&self, job: &Arc<Job>) {
         let stores = &self.inner.stores;
         let operations = match stores.operations.load_all(&job.id).await {
@@ -293,75 +308,136 @@ impl Coordinator {
                 return;
             }
         };
-        let mut savepoints = match stores.savepoints.list(&job.id).await {
+        let savepoints = match stores.savepoints.list(&job.id).await {
             Ok(savepoints) => Some(savepoints),
             Err(error) => {
-                tracing::error!(job_id = %job.id, "savepoint index unreadable, pending operations stay unresolved: {error}");
+                tracing::error!(job_id = %job.id, "savepoint index unreadable, pending operations are resolved later: {error}");
                 None
             }
         };
-        let mut unreadable = std::collections::HashSet::new();
-        if let Some(savepoints) = &mut savepoints {
-            for operation in operations.iter().filter(|o| o.is_pending()) {
-                if savepoints
+        let mut found = std::collections::HashMap::new();
+        for operation in operations.iter().filter(|o| o.is_pending()) {
+            let indexed = savepoints.as_ref().map(|savepoints| {
+                savepoints
                     .iter()
-                    .any(|s| s.checkpoint_id == operation.checkpoint_id)
-                {
-                    continue;
-                }
-                match self.index_unindexed(job, operation).await {
-                    Ok(Some(record)) => savepoints.push(record),
-                    Ok(None) => {}
-                    Err(_) => {
-                        unreadable.insert(operation.checkpoint_id);
-                    }
-                }
-            }
+                    .find(|s| s.checkpoint_id == operation.checkpoint_id)
+            });
+            let outcome = match indexed {
+                None => SavepointFound::Unresolved,
+                Some(Some(record)) => SavepointFound::Indexed(record.clone()),
+                Some(None) => self.find_savepoint(job, operation).await,
+            };
+            found.insert(operation.operation_id.clone(), outcome);
         }
-        let now_ms = self.inner.clock.now_ms();
         let mut effects = Effects::default();
         let mut abandoned = Vec::new();
+        let mut unresolved = Vec::new();
         {
             let mut state = job.lock();
             let mut operations = operations;
             operations.sort_by_key(|o| o.trigger_timestamp_ms);
-            for mut operation in operations {
-                let mut changed = false;
-                if operation.is_pending()
-                    && let Some(savepoints) = &savepoints
-                    && !unreadable.contains(&operation.checkpoint_id)
-                {
-                    changed = true;
-                    let id = operation.checkpoint_id;
-                    operation.outcome = match savepoints.iter().find(|s| s.checkpoint_id == id) {
-                        Some(savepoint) => {
-                            state.max_issued_id = state.max_issued_id.max(id);
-                            OperationOutcome::Completed {
-                                completion_timestamp_ms: savepoint.completion_timestamp_ms,
-                                state_size_bytes: savepoint.state_size_bytes,
-                            }
+            for operation in operations {
+                match found.remove(&operation.operation_id) {
+                    Some(SavepointFound::Unresolved) | None => {
+                        if operation.is_pending() {
+                            unresolved.push(operation.clone());
                         }
-                        None => {
-                            abandoned.push(operation.path.clone());
-                            OperationOutcome::Failed {
-                                completion_timestamp_ms: now_ms,
-                                failure: SnapshotFailure::new(
-                                    FailureReason::CoordinatorShutDown,
-                                    "the server stopped before the savepoint completed",
-                                ),
-                            }
-                        }
-                    };
-                }
-                state.record_operation(operation, &mut effects);
-                if !changed {
-                    effects.operations.pop();
+                        state.record_operation(operation, &mut effects);
+                        effects.operations.pop();
+                    }
+                    Some(outcome) => {
+                        self.settle(&mut state, operation, outcome, &mut effects, &mut abandoned)
+                    }
                 }
             }
         }
+        self.carry_out_settled(job, effects, abandoned).await;
+        for operation in unresolved {
+            self.resolve_later(job, operation);
+        }
+    }
+
+    /// What became of `operation`'s savepoint, which the index does not list: indexed
+    /// now if its metadata is durable and its own.
+    async fn find_savepoint(&self, job: &Job, operation: &SavepointOperation) -> SavepointFound {
+        let path = &operation.path;
+        let snapshot = match self.inner.stores.savepoints.read(path).await {
+            Ok(snapshot) => snapshot,
+            Err(StoreError::NotFound { .. }) => return SavepointFound::Missing,
+            Err(error @ StoreError::Corrupted { .. }) => return SavepointFound::Damaged(error),
+            Err(error) => {
+                tracing::warn!(job_id = %job.id, path, "reading the metadata of a pending savepoint failed; trying again later: {error}");
+                return SavepointFound::Unresolved;
+            }
+        };
+        if snapshot.job_id != job.id || snapshot.checkpoint_id != operation.checkpoint_id {
+            return SavepointFound::Damaged(StoreError::Corrupted {
+                path: path.clone(),
+                detail: format!(
+                    "holds savepoint {} of job {}, not {} of job {}",
+                    snapshot.checkpoint_id, snapshot.job_id, operation.checkpoint_id, job.id
+                ),
+            });
+        }
+        let record = SavepointRecord::of(&snapshot, path.clone(), operation.trigger);
+        match self.inner.stores.savepoints.index(&record).await {
+            Ok(()) => {
+                tracing::info!(job_id = %job.id, checkpoint_id = %record.checkpoint_id, path, "indexed a complete savepoint that was left unindexed");
+                SavepointFound::Indexed(record)
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %job.id, path, "indexing a complete savepoint failed; trying again later: {error}");
+                SavepointFound::Unresolved
+            }
+        }
+    }
+
+    /// Records what became of `operation` (as loaded, or as it stands in memory); the
+    /// directory of a savepoint that never completed goes to `abandoned`.
+    fn settle(
+        &self,
+        state: &mut super::job::JobState,
+        mut operation: SavepointOperation,
+        found: SavepointFound,
+        effects: &mut Effects,
+        abandoned: &mut Vec<String>,
+    ) {
+        let now_ms = self.inner.clock.now_ms();
+        let failed = |message: String| OperationOutcome::Failed {
+            completion_timestamp_ms: now_ms,
+            failure: SnapshotFailure::new(FailureReason::CoordinatorShutDown, message),
+        };
+        match found {
+            // Completed in memory already (its answer went out): only its record is due.
+            _ if !operation.is_pending() => {}
+            SavepointFound::Indexed(record) => {
+                state.max_issued_id = state.max_issued_id.max(record.checkpoint_id);
+                operation.outcome = OperationOutcome::Completed {
+                    completion_timestamp_ms: record.completion_timestamp_ms,
+                    state_size_bytes: record.state_size_bytes,
+                };
+            }
+            SavepointFound::Missing => {
+                abandoned.push(operation.path.clone());
+                operation.outcome =
+                    failed("the server stopped before the savepoint completed".to_string());
+            }
+            SavepointFound::Damaged(error) => {
+                tracing::error!(job_id = %operation.job_id, path = operation.path, "a pending savepoint's metadata is damaged; its files are kept: {error}");
+                operation.outcome = failed(format!(
+                    "the server stopped while the savepoint was stored, and its metadata is damaged (its files are kept): {error}"
+                ));
+            }
+            SavepointFound::Unresolved => return,
+        }
+        state.record_operation(operation, effects);
+    }
+
+    /// Carries out `effects` and deletes what the `abandoned` savepoints left behind.
+    async fn carry_out_settled(&self, job: &Arc<Job>, effects: Effects, abandoned: Vec<String>) {
         self.carry_out(job, effects);
         for path in abandoned {
-            match stores.savepoints.dispose(&path).await {
+            match self.inner.stores.savepoints.dispose(&path).await {
                 Ok(true) => {
                     tracing::info!(job_id = %job.id, path, "removed what a savepoint cut short by a restart left behind")
                 }
@@ -373,45 +449,40 @@ impl Coordinator {
         }
     }
 
-    /// Indexes the savepoint of pending `operation` if its metadata is durable (a crash
-    /// came before its index entry) and returns its record; None if it has no metadata
-    /// (it never completed); an error if the metadata is unreadable (it is kept). A
-    /// savepoint whose disposal a crash cut short before its metadata was deleted is
-    /// complete too, and indexed again: that disposal never took place.
-    async fn index_unindexed(
-        &self,
-        job: &Job,
-        operation: &SavepointOperation,
-    ) -> Result<Option<SavepointRecord>, StoreError> {
-        let snapshot = match self.inner.stores.savepoints.read(&operation.path).await {
-            Ok(snapshot) => snapshot,
-            Err(StoreError::NotFound { .. }) => return Ok(None),
-            Err(error) => {
-                tracing::error!(job_id = %job.id, path = operation.path, "the metadata of a savepoint with a pending operation is unreadable; both are kept for the next recovery: {error}");
-                return Err(error);
+    /// Tries again, every [`RESOLVE_RETRY`] while the job is registered, to find out
+    /// what became of the savepoint of `operation` (pending on record, and either pending
+    /// in memory after a recovery or completed in memory with its indexing failed), and
+    /// records it. So a savepoint the store could not index at the time is listed, and
+    /// its operation recorded, once the store answers again.
+    pub(super) fn resolve_later(&self, job: &Arc<Job>, operation: SavepointOperation) {
+        let coordinator = self.clone();
+        let job = job.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RESOLVE_RETRY).await;
+                if !coordinator.is_registered(&job) {
+                    return;
+                }
+                let found = coordinator.find_savepoint(&job, &operation).await;
+                if matches!(found, SavepointFound::Unresolved) {
+                    continue;
+                }
+                let mut effects = Effects::default();
+                let mut abandoned = Vec::new();
+                {
+                    let mut state = job.lock();
+                    let Some(current) = state.operations.get(&operation.operation_id).cloned()
+                    else {
+                        return;
+                    };
+                    coordinator.settle(&mut state, current, found, &mut effects, &mut abandoned);
+                }
+                coordinator
+                    .carry_out_settled(&job, effects, abandoned)
+                    .await;
+                return;
             }
-        };
-        if snapshot.job_id != job.id || snapshot.checkpoint_id != operation.checkpoint_id {
-            let error = StoreError::Corrupted {
-                path: operation.path.clone(),
-                detail: format!(
-                    "holds savepoint {} of job {}, not {} of job {}",
-                    snapshot.checkpoint_id, snapshot.job_id, operation.checkpoint_id, job.id
-                ),
-            };
-            tracing::error!(job_id = %job.id, "a savepoint operation's path is left alone: {error}");
-            return Err(error);
-        }
-        let record = SavepointRecord::of(&snapshot, operation.path.clone(), operation.trigger);
-        match self.inner.stores.savepoints.index(&record).await {
-            Ok(()) => {
-                tracing::info!(job_id = %job.id, checkpoint_id = %record.checkpoint_id, path = record.path, "indexed a complete savepoint that a restart left unindexed")
-            }
-            Err(error) => {
-                tracing::error!(job_id = %job.id, path = record.path, "indexing a complete savepoint at recovery failed; it is restorable from its path and indexed at the next recovery: {error}")
-            }
-        }
-        Ok(Some(record))
+        });
     }
 
     /// Writes changed operation records and deletes forgotten ones, after any Pending

@@ -33,6 +33,8 @@ pub struct FaultPlan {
     /// Indexing a savepoint never finishes, while its metadata is written: what a server
     /// that dies between a savepoint's metadata and its index entry leaves behind.
     pub interrupted_indexing: bool,
+    /// Indexing a savepoint fails (its metadata is written).
+    pub failing_indexing: bool,
 }
 
 /// Shared handle to change the active faults.
@@ -224,6 +226,13 @@ impl<S: SavepointStore> SavepointStore for FaultyStore<S> {
                 "indexing a savepoint never finishes (injected fault)"
             );
             return std::future::pending().await;
+        }
+        if plan.failing_indexing && concerns(&plan, Some(record.job_id.as_str())) {
+            return Err(StoreError::io(
+                "writing (injected fault)",
+                "savepoint index",
+                std::io::Error::other("the index refuses writes"),
+            ));
         }
         self.before_write(Some(record.job_id.as_str()), "savepoint index")
             .await?;

@@ -771,10 +771,10 @@ async fn the_caller_hears_before_the_index_entry_and_listing_waits_for_it() {
     );
 }
 
-/// A pending operation whose savepoint's metadata cannot be read at recovery may be one
-/// whose caller heard of it: it stays pending and its files stay, for the next recovery.
+/// A pending operation whose savepoint's metadata is damaged at recovery may be one whose
+/// caller heard of it: it fails with the reason, and its files stay.
 #[tokio::test]
-async fn a_pending_savepoint_with_unreadable_metadata_is_kept_at_recovery() {
+async fn a_pending_savepoint_with_damaged_metadata_fails_and_keeps_its_files() {
     let dir = tempfile::tempdir().unwrap();
     let (stores, operation) = recorded_on_filesystem(dir.path(), "garbled").await;
     let metadata = std::path::Path::new(&operation.path).join("_metadata");
@@ -784,7 +784,12 @@ async fn a_pending_savepoint_with_unreadable_metadata_is_kept_at_recovery() {
     let restarted = Harness::on(stores, None);
     restarted.coordinator.recover().await.unwrap();
     let operation = restarted.coordinator.operation(JOB, "garbled").unwrap();
-    assert_eq!(operation.outcome, OperationOutcome::Pending);
+    match operation.outcome {
+        OperationOutcome::Failed { failure, .. } => {
+            assert!(failure.message.contains("damaged"), "{}", failure.message)
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
     assert!(metadata.is_file(), "nothing is deleted");
     assert!(
         restarted
@@ -794,4 +799,49 @@ async fn a_pending_savepoint_with_unreadable_metadata_is_kept_at_recovery() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The index refuses a completed savepoint's entry: its caller still hears of it, its
+/// operation stays Pending on record, and once the index takes writes again the
+/// savepoint is indexed and its operation recorded as completed, without a restart.
+#[tokio::test(start_paused = true)]
+async fn a_savepoint_the_index_refused_is_indexed_once_it_takes_writes_again() {
+    let memory = Arc::new(MemoryStore::default());
+    let (stores, faults) = crate::store::faults::FaultyStore::wrap(memory.clone());
+    let mut h = Harness::on(stores, Some(memory.clone()));
+    h.register(standard_spec(JOB, policy())).await;
+    h.connect();
+    h.register_all(TaskState::Running);
+    h.set_status(JobStatus::Running).await;
+    faults.set(crate::store::faults::FaultPlan {
+        failing_indexing: true,
+        ..Default::default()
+    });
+    let started = request(&h, with_request_id("refused")).await;
+    ack_savepoint(&h, 1);
+    let finished = started.finished().await.unwrap();
+    assert!(matches!(
+        finished.outcome,
+        OperationOutcome::Completed { .. }
+    ));
+    assert!(h.coordinator.list_savepoints(JOB).await.unwrap().is_empty());
+    let on_record = || async {
+        OperationStore::load_all(&*memory, &job_id(JOB))
+            .await
+            .unwrap()
+            .remove(0)
+            .outcome
+    };
+    assert_eq!(on_record().await, OperationOutcome::Pending);
+
+    faults.clear();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    settle().await;
+    let listed = h.coordinator.list_savepoints(JOB).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].path, finished.path);
+    assert!(matches!(
+        on_record().await,
+        OperationOutcome::Completed { .. }
+    ));
 }

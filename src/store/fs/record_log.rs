@@ -144,7 +144,9 @@ impl RecordLogs {
                 written
             });
         if let Err(e) = appended {
-            *guard = None;
+            // Read again before the next append; whether the directory is synced is
+            // remembered.
+            state.len = u64::MAX;
             return Err(StoreError::io("appending to", path.display(), e));
         }
         state.len += bytes.len() as u64;
@@ -195,7 +197,11 @@ fn current<'a, T: DeserializeOwned + Keyed>(
         Err(e) => return Err(StoreError::io("reading", path.display(), e)),
     };
     if guard.as_ref().is_none_or(|state| state.len != on_disk) {
-        **guard = Some(state_of(&read_repaired::<T>(path, kind)?));
+        let unsynced_dir = guard.as_ref().is_some_and(|state| state.unsynced_dir);
+        **guard = Some(LogState {
+            unsynced_dir,
+            ..state_of(&read_repaired::<T>(path, kind)?)
+        });
     }
     Ok(guard.as_mut().expect("just set"))
 }
