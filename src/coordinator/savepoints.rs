@@ -10,7 +10,7 @@ use super::model::{
 use super::pending::SnapshotOptions;
 use super::schedule::{CronSchedule, SavepointSchedule};
 use super::{Coordinator, CoreError, Job, SnapshotHandle};
-use crate::store::{SavepointRecord, StoreError, parse_savepoint_dir_name};
+use crate::store::{SavepointRecord, StoreError, savepoint_of_path};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -213,13 +213,7 @@ impl Coordinator {
     pub async fn dispose_savepoint(&self, path: &str) -> Result<bool, CoreError> {
         self.check_within_roots("path", path)?;
         // A savepoint just completed is indexed first, so its entry does not outlive it.
-        let owner = path
-            .trim_end_matches('/')
-            .trim_end_matches("/_metadata")
-            .rsplit('/')
-            .next()
-            .and_then(parse_savepoint_dir_name)
-            .and_then(|(job, _)| self.job(job.as_str()).ok());
+        let owner = savepoint_of_path(path).and_then(|(job, _)| self.job(job.as_str()).ok());
         if let Some(job) = owner {
             drop(job.savepoint_indexing.lock().await);
         }

@@ -462,11 +462,7 @@ impl EtcdSavepointHistory {
     async fn key_of(&self, path: &str) -> StoreResult<Option<String>> {
         let wanted = path.trim_end_matches('/');
         let wanted = wanted.strip_suffix("/_metadata").unwrap_or(wanted);
-        let Some((job, id)) = wanted
-            .rsplit('/')
-            .next()
-            .and_then(super::parse_savepoint_dir_name)
-        else {
+        let Some((job, id)) = super::savepoint_of_path(wanted) else {
             return Ok(None);
         };
         let key = self.etcd.history_key(&job, id);

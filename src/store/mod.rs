@@ -401,13 +401,17 @@ pub fn parse_savepoint_dir_name(name: &str) -> Option<(JobId, CheckpointId)> {
     Some((JobId::new(job), CheckpointId(id)))
 }
 
-/// Refuses an index record whose path is not the directory of its own savepoint
-/// (`.../savepoint-<job>-<id>`, or its `_metadata`).
-pub fn check_record_path(record: &SavepointRecord) -> StoreResult<()> {
-    let dir = record.path.trim_end_matches('/');
+/// The job and id of the savepoint a path or URL names (`.../savepoint-<job>-<id>`, or
+/// its `_metadata`), if it names one.
+pub fn savepoint_of_path(path: &str) -> Option<(JobId, CheckpointId)> {
+    let dir = path.trim_end_matches('/');
     let dir = dir.strip_suffix("/_metadata").unwrap_or(dir);
-    let named = dir.rsplit('/').next().and_then(parse_savepoint_dir_name);
-    if named == Some((record.job_id.clone(), record.checkpoint_id)) {
+    dir.rsplit('/').next().and_then(parse_savepoint_dir_name)
+}
+
+/// Refuses an index record whose path is not the directory of its own savepoint.
+pub fn check_record_path(record: &SavepointRecord) -> StoreResult<()> {
+    if savepoint_of_path(&record.path) == Some((record.job_id.clone(), record.checkpoint_id)) {
         return Ok(());
     }
     Err(StoreError::InvalidLocation {
