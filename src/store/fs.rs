@@ -135,9 +135,15 @@ impl Inner {
             .append(&log, RecordKind::SavepointIndexLog, &LogEntry::Put(entry))
     }
 
+    /// Appends an operation to its job's operation log.
+    fn put_operation(&self, operation: SavepointOperation) -> StoreResult<()> {
+        let log = self.operations_log(&operation.job_id);
+        self.logs
+            .append(&log, RecordKind::OperationLog, &LogEntry::Put(operation))
+    }
+
     /// Moves the index entries and operations that earlier versions kept in a file each
-    /// into the logs: appended first, the files deleted after, so a crash in between
-    /// only repeats the move. A file that does not decode stays where it is.
+    /// into the logs.
     fn move_record_files_into_logs(&self) -> StoreResult<()> {
         let jobs_dir = self.root.join("jobs");
         let jobs = fs::read_dir(&jobs_dir)
@@ -147,64 +153,63 @@ impl Inner {
             .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
             .map(|entry| entry.path());
         for job_dir in job_dirs {
-            let Some(job) = job_dir.file_name().and_then(|n| n.to_str()) else {
+            self.move_into_log(
+                &job_dir.join("savepoints"),
+                "sp-",
+                RecordKind::SavepointIndex,
+                |entry| self.put_index_entry(entry),
+            )?;
+            self.move_into_log(
+                &job_dir.join("operations"),
+                "",
+                RecordKind::Operation,
+                |operation| self.put_operation(operation),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Moves the records of `kind` in the files `dir/<prefix>*.rec` with `put`: each is
+    /// appended first and its file deleted after, so a crash in between only repeats
+    /// the move. A file that does not decode stays where it is; so does `dir` then.
+    fn move_into_log<T: DeserializeOwned>(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        kind: RecordKind,
+        put: impl Fn(T) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let files = match fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect::<Vec<_>>(),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("listing", dir.display(), e)),
+        };
+        let mut moved = Vec::new();
+        for file in files {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            if !name.starts_with(prefix) || !name.ends_with(".rec") {
                 continue;
-            };
-            let job = JobId::new(job);
-            let moves = [
-                (job_dir.join("savepoints"), "sp-"),
-                (job_dir.join("operations"), ""),
-            ];
-            for (dir, prefix) in moves {
-                let files = match fs::read_dir(&dir) {
-                    Ok(entries) => entries.flatten().map(|e| e.path()).collect::<Vec<_>>(),
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(StoreError::io("listing", dir.display(), e)),
-                };
-                let mut moved = Vec::new();
-                for file in files {
-                    let name = file.file_name().unwrap_or_default().to_string_lossy();
-                    if !name.starts_with(prefix) || !name.ends_with(".rec") {
-                        continue;
-                    }
-                    let put = if prefix.is_empty() {
-                        read_record::<SavepointOperation>(RecordKind::Operation, &file).map(
-                            |operation| {
-                                operation.map(|o| {
-                                    self.logs.append(
-                                        &self.operations_log(&job),
-                                        RecordKind::OperationLog,
-                                        &LogEntry::Put(o),
-                                    )
-                                })
-                            },
-                        )
-                    } else {
-                        read_record::<IndexEntry>(RecordKind::SavepointIndex, &file)
-                            .map(|entry| entry.map(|e| self.put_index_entry(e)))
-                    };
-                    match put {
-                        Ok(Some(appended)) => {
-                            appended?;
-                            moved.push(file);
-                        }
-                        Ok(None) => {}
-                        Err(error) => tracing::error!(
-                            file = %file.display(),
-                            "a record of an earlier version does not decode and stays where it is: {error}"
-                        ),
-                    }
-                }
-                for file in &moved {
-                    remove_file_if_exists(file)?;
-                }
-                if !moved.is_empty() {
-                    tracing::info!(job_id = %job, count = moved.len(), dir = %dir.display(), "moved records of an earlier version into the job's log");
-                }
-                if fs::remove_dir(&dir).is_ok() {
-                    sync_parent(&dir)?;
-                }
             }
+            match read_record::<T>(kind, &file) {
+                Ok(Some(record)) => {
+                    put(record)?;
+                    moved.push(file);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::error!(
+                    file = %file.display(),
+                    "a record of an earlier version does not decode and stays where it is: {error}"
+                ),
+            }
+        }
+        for file in &moved {
+            remove_file_if_exists(file)?;
+        }
+        if !moved.is_empty() {
+            tracing::info!(count = moved.len(), dir = %dir.display(), "moved records of an earlier version into the job's log");
+        }
+        if fs::remove_dir(dir).is_ok() {
+            sync_parent(dir)?;
         }
         Ok(())
     }
@@ -235,31 +240,21 @@ impl Inner {
         sync_parent(target)
     }
 
+    /// Writes `bytes` to a new, synced temp file beside `target`.
     fn write_temp(&self, target: &Path, bytes: &[u8]) -> StoreResult<PathBuf> {
-        let (temp, file) = self.write_temp_unsynced(target, bytes)?;
-        if let Err(e) = file.sync_all() {
-            let _ = fs::remove_file(&temp);
-            return Err(StoreError::io("writing", temp.display(), e));
-        }
-        Ok(temp)
-    }
-
-    /// Writes `bytes` to a new temp file beside `target` and leaves syncing it to the
-    /// caller.
-    fn write_temp_unsynced(&self, target: &Path, bytes: &[u8]) -> StoreResult<(PathBuf, File)> {
         let dir = target.parent().expect("records live in a directory");
         fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir.display(), e))?;
         let temp = self.temp_path(target);
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)?;
-            file.write_all(bytes)?;
-            Ok(file)
-        })();
-        match result {
-            Ok(file) => Ok((temp, file)),
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                file.sync_all()
+            });
+        match written {
+            Ok(()) => Ok(temp),
             Err(e) => {
                 let _ = fs::remove_file(&temp);
                 Err(StoreError::io("writing", temp.display(), e))
@@ -655,7 +650,7 @@ impl SavepointStore for FsStore {
         self.blocking(move |inner| {
             // The index entry is published after the metadata, so it only names
             // savepoints that were complete, unless a crash lost the metadata's link
-            // before its directory was synced (see `write`).
+            // before its directory was synced (see `write_metadata`).
             Ok(index_entries(inner, &job)?
                 .into_iter()
                 .filter(|entry| !entry.retired)
@@ -794,13 +789,8 @@ impl OperationStore for FsStore {
     async fn save(&self, operation: &SavepointOperation) -> StoreResult<()> {
         check_operation_id(&operation.operation_id)?;
         let operation = operation.clone();
-        self.blocking(move |inner| {
-            let log = inner.operations_log(&operation.job_id);
-            inner
-                .logs
-                .append(&log, RecordKind::OperationLog, &LogEntry::Put(operation))
-        })
-        .await
+        self.blocking(move |inner| inner.put_operation(operation))
+            .await
     }
 
     async fn load_all(&self, job: &JobId) -> StoreResult<Vec<SavepointOperation>> {
