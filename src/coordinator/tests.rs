@@ -327,7 +327,17 @@ impl Harness {
 
     /// The standard job with every task RUNNING and the job RUNNING.
     async fn started(policy: CheckpointPolicy) -> Harness {
-        let mut h = Harness::new();
+        let memory = Arc::new(MemoryStore::default());
+        Harness::started_on(Stores::all_in(memory.clone()), Some(memory), policy).await
+    }
+
+    /// [`Harness::started`] on `stores` (`memory` if they are backed by one).
+    async fn started_on(
+        stores: Stores,
+        memory: Option<Arc<MemoryStore>>,
+        policy: CheckpointPolicy,
+    ) -> Harness {
+        let mut h = Harness::on(stores, memory);
         h.register(standard_spec(JOB, policy)).await;
         h.connect();
         h.register_all(TaskState::Running);
@@ -2307,12 +2317,7 @@ async fn started_with_slow_writes(policy: CheckpointPolicy, delay: Option<Durati
         owned_state: memory.clone(),
         operations: memory.clone(),
     };
-    let mut h = Harness::on(stores, Some(memory));
-    h.register(standard_spec(JOB, policy)).await;
-    h.connect();
-    h.register_all(TaskState::Running);
-    h.set_status(JobStatus::Running).await;
-    h
+    Harness::started_on(stores, Some(memory), policy).await
 }
 
 #[tokio::test(start_paused = true)]

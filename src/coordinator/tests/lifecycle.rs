@@ -574,12 +574,7 @@ async fn started_with_operations(gated: Arc<GatedOperations>) -> Harness {
         operations: gated,
         ..Stores::all_in(memory.clone())
     };
-    let mut h = Harness::on(stores, Some(memory));
-    h.register(standard_spec(JOB, policy())).await;
-    h.connect();
-    h.register_all(TaskState::Running);
-    h.set_status(JobStatus::Running).await;
-    h
+    Harness::started_on(stores, Some(memory), policy()).await
 }
 
 /// Found by the crash test: a savepoint that completed and was indexed while its Pending
@@ -689,11 +684,7 @@ async fn recorded_on_filesystem(
     let target = dir.join("savepoints");
     std::fs::create_dir_all(&target).unwrap();
     let stores = Stores::filesystem(dir.join("data")).unwrap();
-    let mut h = Harness::on(stores.clone(), None);
-    h.register(standard_spec(JOB, policy())).await;
-    h.connect();
-    h.register_all(TaskState::Running);
-    h.set_status(JobStatus::Running).await;
+    let h = Harness::started_on(stores.clone(), None, policy()).await;
     let started = h
         .coordinator
         .savepoint(
@@ -728,18 +719,20 @@ async fn a_savepoint_cut_short_by_a_restart_leaves_no_files_behind() {
     );
 }
 
+/// The standard job, running, on a memory store behind a fault switch.
+async fn started_with_faults() -> (Harness, crate::store::faults::FaultSwitch, Arc<MemoryStore>) {
+    let memory = Arc::new(MemoryStore::default());
+    let (stores, faults) = crate::store::faults::FaultyStore::wrap(memory.clone());
+    let h = Harness::started_on(stores, Some(memory.clone()), policy()).await;
+    (h, faults, memory)
+}
+
 /// A savepoint is complete once its metadata is durable: its caller hears of it before
 /// the index entry is written, and listing the job's savepoints waits for that entry, so
 /// a caller that lists right after its savepoint finds it.
 #[tokio::test(start_paused = true)]
 async fn the_caller_hears_before_the_index_entry_and_listing_waits_for_it() {
-    let memory = Arc::new(MemoryStore::default());
-    let (stores, faults) = crate::store::faults::FaultyStore::wrap(memory.clone());
-    let mut h = Harness::on(stores, Some(memory));
-    h.register(standard_spec(JOB, policy())).await;
-    h.connect();
-    h.register_all(TaskState::Running);
-    h.set_status(JobStatus::Running).await;
+    let (h, faults, _) = started_with_faults().await;
     faults.set(crate::store::faults::FaultPlan {
         interrupted_indexing: true,
         ..Default::default()
@@ -806,13 +799,7 @@ async fn a_pending_savepoint_with_damaged_metadata_fails_and_keeps_its_files() {
 /// savepoint is indexed and its operation recorded as completed, without a restart.
 #[tokio::test(start_paused = true)]
 async fn a_savepoint_the_index_refused_is_indexed_once_it_takes_writes_again() {
-    let memory = Arc::new(MemoryStore::default());
-    let (stores, faults) = crate::store::faults::FaultyStore::wrap(memory.clone());
-    let mut h = Harness::on(stores, Some(memory.clone()));
-    h.register(standard_spec(JOB, policy())).await;
-    h.connect();
-    h.register_all(TaskState::Running);
-    h.set_status(JobStatus::Running).await;
+    let (h, faults, memory) = started_with_faults().await;
     faults.set(crate::store::faults::FaultPlan {
         failing_indexing: true,
         ..Default::default()
